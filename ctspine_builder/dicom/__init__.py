@@ -1,0 +1,1 @@
+"""dicom stage of the ctspine_builder pipeline."""

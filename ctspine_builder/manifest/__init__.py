@@ -1,0 +1,1 @@
+"""manifest stage of the ctspine_builder pipeline."""

@@ -1,0 +1,1 @@
+"""package stage of the ctspine_builder pipeline."""

@@ -1,0 +1,1 @@
+"""Manifests shipped with ctspine_builder, importable as package data."""
