@@ -1,0 +1,153 @@
+"""Fetch stage: an HTTP client with timeouts, retries and backoff for every source."""
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from ctspine_builder import TOOL_NAME, __version__
+from ctspine_builder.errors import FetchError
+
+logger = logging.getLogger(__name__)
+
+# Status codes worth another try: the server is overloaded or failed for a
+# moment. 429 is what NBIA returns to clients that go too fast.
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+DEFAULT_USER_AGENT = f"{TOOL_NAME}/{__version__}"
+
+
+def redact_url(url: str) -> str:
+    """Return the URL without its query string, user name or password, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = "..." if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Return the delay in seconds that a Retry-After header asks for, or None.
+
+    RFC 9110 allows either a number of seconds or an HTTP date.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class HttpClient:
+    """A requests.Session with a timeout on every request and retries with backoff.
+
+    Connection errors, read timeouts, HTTP 5xx and 429 are retried up to
+    ``retries`` times. The delay doubles from ``backoff_s`` up to
+    ``max_backoff_s``, with random jitter of up to half the delay, unless
+    the server sends Retry-After, which is honoured (capped at
+    ``max_backoff_s``). ``timeout`` is (connect, read) in seconds. Other
+    4xx responses are returned to the caller unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        user_agent: str | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = user_agent or DEFAULT_USER_AGENT
+        self._sleep = sleep
+
+    def get(
+        self,
+        url: str,
+        *,
+        params: dict | None = None,
+        headers: dict | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send a GET request, retrying transient failures; return the final response."""
+        return self.request("GET", url, params=params, headers=headers, stream=stream)
+
+    def post(self, url: str, *, data: dict | None = None, headers: dict | None = None) -> requests.Response:
+        """Send a POST request with a form body, retrying transient failures."""
+        return self.request("POST", url, data=data, headers=headers)
+
+    def request(self, method: str, url: str, **kwargs) -> requests.Response:
+        """Send a request, retrying transient failures; raise FetchError when retries run out."""
+        attempt = 0
+        while True:
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                cause = _describe_exception(error)
+                retry_after = None
+            else:
+                if response.status_code not in RETRY_STATUS:
+                    return response
+                cause = f"HTTP {response.status_code}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+            if attempt >= self.retries:
+                raise FetchError(
+                    f"{method} {redact_url(url)} failed after {attempt + 1} attempts: {cause}",
+                    hint="Check the network and the server's status, then run the command again.",
+                )
+            delay = self.backoff_delay(attempt, retry_after)
+            remaining = self.retries - attempt
+            logger.warning(
+                "%s %s: %s; retrying in %.1f s (%d retries left)",
+                method, redact_url(url), cause, delay, remaining - 1,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Return the seconds to wait before retry number ``attempt + 1``."""
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_s)
+        base = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+        return min(base + random.uniform(0, base / 2), self.max_backoff_s)
+
+    def close(self) -> None:
+        """Close the underlying session's connections."""
+        self.session.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _describe_exception(error: Exception) -> str:
+    """Name a requests exception without the URL (and its query) that requests puts in it."""
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.ConnectionError):
+        return "connection failed"
+    return type(error).__name__
