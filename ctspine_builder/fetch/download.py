@@ -135,11 +135,11 @@ def download_file(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(dest)
-    if not resume:
-        partial.unlink(missing_ok=True)
 
     failures = 0
     while True:
+        if not resume:
+            partial.unlink(missing_ok=True)
         try:
             hashers = _download_once(client, url, partial, md5, sha256, expected_size, progress, description)
             break
