@@ -48,6 +48,20 @@ class FetchedImage:
     provenance: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SourcePlan:
+    """What fetching one case file would cost, for `ctspine build --dry-run`.
+
+    ``download_bytes`` is what would cross the network (0 for local files or
+    a warm cache); ``disk_bytes`` estimates the space the fetched and
+    converted files need.
+    """
+
+    description: str
+    download_bytes: int = 0
+    disk_bytes: int = 0
+
+
 class Source(Protocol):
     """What the build calls on a source."""
 
@@ -60,6 +74,14 @@ class Source(Protocol):
     def fetch_mask(self, case: CaseRecord, context: BuildContext) -> Path:
         """Return the path of the case's mask NIfTI, fetching it first if needed."""
         ...
+
+    # Optional methods, looked up with getattr by the build:
+    #   plan(case, context) -> SourcePlan, for --dry-run; contacts metadata
+    #     endpoints at most, never downloads image data.
+    #   input_fingerprint(case, context, role) -> str, role "image" or "mask":
+    #     a digest of the case's input content, so that a re-run rebuilds a
+    #     case whose local input files changed. Sources without it are
+    #     fingerprinted by their manifest records alone.
 
 
 SourceFactory = Callable[[SourceRecord, BuildContext], Source]

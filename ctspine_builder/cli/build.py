@@ -1,0 +1,120 @@
+"""Command line, build stage: `ctspine build` turns a manifest into a dataset folder."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ctspine_builder.cli.group import main
+
+
+def _split_ids(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def format_bytes(count: int) -> str:
+    """Return a byte count in decimal units (kB, MB, GB), as disk sizes are sold."""
+    size = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def _print_plan(plans) -> bool:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Build plan (nothing is written)")
+    for column in ("case", "download", "disk", "what"):
+        table.add_column(column)
+    for case_plan in plans:
+        what = case_plan.error or "; ".join(plan.description for plan in case_plan.sources)
+        table.add_row(case_plan.case_id, format_bytes(case_plan.download_bytes), format_bytes(case_plan.disk_bytes), what)
+    console = Console()
+    console.print(table)
+    download = sum(plan.download_bytes for plan in plans)
+    disk = sum(plan.disk_bytes for plan in plans)
+    failed = [plan for plan in plans if plan.error]
+    console.print(f"{len(plans)} case(s): download {format_bytes(download)}, disk space needed about {format_bytes(disk)}")
+    if failed:
+        console.print(f"[red]{len(failed)} case(s) cannot be planned; see the table[/red]")
+    return not failed
+
+
+def _print_summary(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Build of {report.out_dir}")
+    for column in ("case", "status", "reason"):
+        table.add_column(column)
+    for outcome in report.outcomes:
+        style = "red" if outcome.status == "failed" else None
+        table.add_row(outcome.case_id, outcome.status, outcome.reason, style=style)
+    console = Console(stderr=False)
+    console.print(table)
+    counts: dict[str, int] = {}
+    for outcome in report.outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    console.print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no cases selected")
+
+
+@main.command()
+@click.option("--manifest", "manifest_path", default=None, metavar="PATH",
+              help="Manifest file or folder, or the name of an installed manifest. Default: the shipped ctspine1k manifest.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder to write; a re-run into the same folder rebuilds only changed cases.")
+@click.option("--cases", "case_ids", default=None, metavar="ID,...", help="Build only these case ids (comma-separated).")
+@click.option("--subset", "subsets", multiple=True, help="Build only cases of this subset (repeatable).")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["trainset", "test_public", "test_private"]),
+              help="Build only cases of this split (repeatable).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Cases converted at once, each in its own process.")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched, its size and the disk space needed; write nothing.")
+@click.option("--position", default="authors", show_default=True, type=click.Choice(["authors", "prone", "supine"]),
+              help="CT colonography series to take: the authors' choice, or the prone or supine series.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Download cache folder shared by builds. Default: the platform's user cache folder.")
+@click.option("--nbia-url", default=None, metavar="URL",
+              help="Base URL of the NBIA v4 REST API. Default: TCIA's public NBIA API.")
+@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Parallel HTTP downloads per network source.")
+@click.option("--keep-archive/--no-keep-archive", default=True, show_default=True,
+              help="Keep downloaded archives (the 29 GB MSD tar) in the cache so a stopped download resumes; "
+              "with --no-keep-archive members are extracted while streaming and a stopped download starts over.")
+@click.pass_context
+def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits, jobs, dry_run, position,
+          cache_dir, nbia_url, concurrency, keep_archive) -> None:
+    """Build a dataset folder from a manifest: fetch, convert, de-identify, pair and package.
+
+    Exits 1 when any case failed; the other cases are built and packaged.
+    """
+    from ctspine_builder import pipeline
+    from ctspine_builder.manifest.loader import load_manifest, resolve_manifest
+
+    manifest = load_manifest(resolve_manifest(manifest_path))
+    options = {
+        "position": position,
+        "cache_dir": cache_dir,
+        "nbia_url": nbia_url,
+        "concurrency": concurrency,
+        "keep_archive": keep_archive,
+    }
+    filters = {"case_ids": _split_ids(case_ids), "subsets": subsets or None, "splits": splits or None}
+    if dry_run:
+        plans = pipeline.plan(manifest, options=options, **filters)
+        if not _print_plan(plans):
+            sys.exit(1)
+        return
+
+    quiet = ctx.obj.get("verbosity", 0) < 0
+    report = pipeline.build(manifest, out_dir, options=options, progress=not quiet, jobs=jobs, **filters)
+    _print_summary(report)
+    if not report.ok:
+        click.secho(f"{len(report.failed)} case(s) failed; the dataset in {out_dir} leaves them out.", fg="red", err=True)
+        sys.exit(1)
