@@ -241,7 +241,11 @@ class ManifestChecker:
         if not self.check_keys(value, schema.FILE_REF_KEYS, file, record, prefix):
             return
         source_id = self.string_field(value, "source", file, record, prefix)
-        self.string_field(value, "locator", file, record, prefix)
+        # An empty locator is allowed: it asks the source for its default
+        # file of this case (local-dicom then uses the case id as folder).
+        locator = value.get("locator", "")
+        if not isinstance(locator, str):
+            self.add(file, record, prefix + "locator", f"expected a string, got {_json_type(locator)}")
         if source_id is None or not self.sources_readable:
             return
         if source_id not in self.source_kinds:
