@@ -35,9 +35,9 @@ SIDECAR_KEY = "sidecar key"
 UNREADABLE = "unreadable file"
 
 # Keys that a sidecar may contain: acquisition fields that identify neither the
-# patient nor the site, plus the converter's name and version.
-# NOTE: defined here because the converter module does not exist yet; the
-# converter should import this list so that writing and checking agree.
+# patient nor the site, plus the converter's name and version. The sidecar
+# writer in ctspine_builder.dicom.sidecar imports this set, so writing and
+# checking agree.
 SIDECAR_ALLOWED_KEYS = frozenset(
     {
         "CaseId",
@@ -122,55 +122,6 @@ class DenyList:
     def max_length(self) -> int:
         """Length in bytes of the longest needle, or 0."""
         return max((len(needle) for _, needle in self.needles), default=0)
-
-
-# DICOM attributes whose values identify a patient, a visit, a site or a
-# device (keywords from the DICOM standard, PS3.6). Their values, read from
-# each input, form the deny-list for that case's outputs.
-IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime",
-    "PatientAddress", "PatientTelephoneNumbers", "PatientComments", "AdmissionID",
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "AcquisitionDateTime",
-    "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime",
-    "AccessionNumber", "StudyID", "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments",
-    "RequestedProcedureDescription", "PerformedProcedureStepDescription", "PerformedProcedureStepID",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord", "RequestingPhysician",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "IrradiationEventUID",
-)
-
-# Value representations of text, whose values in private elements join the deny-list.
-# CS is left out: its coded terms (ORIGINAL, PRIMARY) also appear in allowed fields.
-_TEXT_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"})
-
-
-def deny_values_from_dataset(dataset) -> list[str]:
-    """Collect the identifying values of a pydicom Dataset, nested sequences and private elements included.
-
-    Dates (DA) are also added as YYYY-MM-DD, since an output could reformat them.
-    """
-    values: list[str] = []
-    identifying = set(IDENTIFYING_KEYWORDS)
-
-    def collect(element) -> None:
-        if element.VR == "SQ":
-            for item in element.value:
-                for child in item:
-                    collect(child)
-            return
-        if element.keyword not in identifying and not (element.tag.is_private and element.VR in _TEXT_VRS):
-            return
-        raw = element.value
-        for value in raw if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue" else [raw]:
-            text = str(value).strip() if value is not None else ""
-            if text:
-                values.append(text)
-                if element.VR == "DA" and len(text) == 8 and text.isdigit():
-                    values.append(f"{text[:4]}-{text[4:6]}-{text[6:]}")
-
-    for element in dataset:
-        collect(element)
-    return list(dict.fromkeys(values))
 
 
 def prepare_deny_values(deny_values: Iterable[str], allowed_ids: Iterable[str] = ()) -> DenyList:
@@ -279,7 +230,7 @@ def _scan_name(relative: str, file_name: str, deny: DenyList, allowed: list[str]
     findings = []
     lowered = file_name.lower().encode("utf-8")
     for number, needle in deny.needles:
-        if needle in lowered:
+        if find_needle(lowered, needle) >= 0:
             findings.append(Finding(relative, DENY_VALUE, "file or folder name", f"deny-list value #{number}"))
     for finding in scan_text(file_name, allowed, relative):
         findings.append(Finding(relative, finding.kind, "file or folder name", finding.detail))
@@ -310,12 +261,32 @@ def _search_deny_values(path: Path, deny: DenyList, name: str) -> list[Finding]:
         for number, needle in deny.needles:
             if number in reported:
                 continue
-            position = lowered.find(needle)
+            position = find_needle(lowered, needle)
             if position >= 0:
                 reported.add(number)
                 location = f"byte {offset + position} of the {'decompressed ' if is_gzip(path) else ''}content"
                 findings.append(Finding(name, DENY_VALUE, location, f"deny-list value #{number}"))
     return findings
+
+
+def find_needle(haystack: bytes, needle: bytes) -> int:
+    """Return the first position of ``needle`` in ``haystack``, or -1.
+
+    An all-digit needle (a numeric serial number or id) must not touch a
+    letter or digit on either side, because short digit runs occur by chance
+    inside hex digests and longer numbers. Other needles match anywhere.
+    The edges of ``haystack`` count as boundaries.
+    """
+    if not needle.isdigit():
+        return haystack.find(needle)
+    position = haystack.find(needle)
+    while position >= 0:
+        before = haystack[position - 1 : position] if position else b""
+        after = haystack[position + len(needle) : position + len(needle) + 1]
+        if not before.isalnum() and not after.isalnum():
+            return position
+        position = haystack.find(needle, position + 1)
+    return -1
 
 
 def _iter_chunks(path: Path, overlap: int) -> Iterator[tuple[int, bytes]]:

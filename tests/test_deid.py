@@ -20,12 +20,12 @@ from ctspine_builder.deid import (
     SIDECAR_KEY,
     TIME,
     UID,
-    deny_values_from_dataset,
     prepare_deny_values,
     scan_file,
     scan_text,
     scan_tree,
 )
+from ctspine_builder.dicom.sidecar import collect_deny_values
 from ctspine_builder.nifti import save_nifti
 
 CASE_UID = "1.3.6.1.4.1.9328.50.4.0001"
@@ -75,6 +75,13 @@ def test_deny_value_across_chunks_found(tmp_path: Path, monkeypatch) -> None:
     findings = scan_file(path, PLANTED, [])
     assert kinds(findings) == [DENY_VALUE]
     assert findings[0].location == "byte 13 of the content"
+
+
+def test_numeric_deny_value_needs_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "SHA256SUMS"
+    path.write_text("0d9b4417290a  data/x.nii.gz\nserial 44172\n")
+    findings = scan_file(path, ["44172", "4417"], [])
+    assert [(f.detail, f.location) for f in findings] == [("deny-list value #1", "byte 35 of the content")]
 
 
 def test_person_name_parts_found(tmp_path: Path) -> None:
@@ -223,12 +230,11 @@ def test_sidecar_invalid_json_flagged(tmp_path: Path) -> None:
 def test_real_dicom_values_found_in_dicom(siemens_dicom: Path, tmp_path: Path) -> None:
     first = sorted(siemens_dicom.iterdir())[0]
     dataset = pydicom.dcmread(first, stop_before_pixels=True)
-    values = deny_values_from_dataset(dataset)
+    values = sorted(collect_deny_values([dataset]))
+    assert "SIEMENS" not in values
     # The series is partly de-identified: its UIDs are blank, but these values are real.
     for keyword in ("StudyDate", "StationName", "DeviceSerialNumber", "InstitutionAddress"):
-        present = str(dataset.data_element(keyword).value) in values
-        assert present, f"{keyword} is missing from the deny-list"
-    assert "SIEMENS" not in values
+        values.append(str(dataset.data_element(keyword).value).strip())
 
     # The scan finds those values in the DICOM file itself, so it would find them in any output.
     findings = scan_file(first, values, [])
@@ -240,10 +246,9 @@ def test_real_conversion_is_clean(siemens_dicom: Path, tmp_path: Path) -> None:
     import SimpleITK as sitk
 
     files = sorted(str(path) for path in siemens_dicom.iterdir())
-    values: list[str] = []
-    for file in files:
-        values += deny_values_from_dataset(pydicom.dcmread(file, stop_before_pixels=True))
-    values = list(dict.fromkeys(values))
+    values = sorted(collect_deny_values(pydicom.dcmread(file, stop_before_pixels=True) for file in files))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    values += [str(first.data_element(keyword).value).strip() for keyword in ("DeviceSerialNumber", "StudyDate")]
     image = sitk.ReadImage(files)
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     save_nifti(data, AFFINE, tmp_path / "data" / "trainset" / "images" / "siemens.nii.gz")
