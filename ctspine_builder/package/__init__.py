@@ -51,6 +51,25 @@ def _metadata_rows(entries: list[CaseEntry], split: str) -> bytes:
     return b"".join(rows)
 
 
+def _warn_split_without_masks(entries: list[CaseEntry]) -> None:
+    """Warn when one split has no masks at all while another split has some.
+
+    NOTE: datasets 5.2's folder loader infers the type of mask_file_name per
+    metadata file; a split whose rows are all null gets type null and the
+    loader rejects the dataset ("different features"). Splits that mix cases
+    with and without masks load fine, with mask None for the latter.
+    """
+    with_mask = {entry.split for entry in entries if entry.has_mask}
+    all_splits = {entry.split for entry in entries}
+    if with_mask and with_mask != all_splits:
+        logger.warning(
+            "split(s) %s have no case with a mask while %s do; datasets.load_dataset rejects such a folder "
+            "(its metadata files differ in type). Build those splits into a separate folder.",
+            ", ".join(sorted(all_splits - with_mask)),
+            ", ".join(sorted(with_mask)),
+        )
+
+
 def canonical_line(row: dict) -> bytes:
     """Serialise one JSON Lines row with sorted keys."""
     return (json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
@@ -115,6 +134,8 @@ def package_dataset(out_dir: Path, manifest: Manifest, entries: list[CaseEntry],
         rows = _metadata_rows(entries, split)
         if rows:
             write_if_changed(out_dir / metadata_relpath(split), rows)
+
+    _warn_split_without_masks(entries)
 
     sources = used_sources(manifest, entries)
     conflicts = licence_conflicts(manifest, entries)
