@@ -134,3 +134,15 @@ def test_resolve_unknown_name_lists_installed():
 
     assert "'no-such-manifest' not found" in caught.value.format()
     assert "ctspine1k" in caught.value.format()
+
+
+def test_docs_example_is_valid(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "manifest.md").read_text(encoding="utf-8")
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "manifest.json"
+    path.write_text(example, encoding="utf-8")
+
+    result = run("manifest", "validate", str(path))
+
+    assert result.exit_code == 0
+    assert result.output.strip() == "valid: 3 cases, 2 sources"
