@@ -116,8 +116,14 @@ def planted_values(planted: dict[str, str] | None = None) -> set[str]:
     return values
 
 
-def make_uid(rng: np.random.Generator) -> str:
-    """Return a random UID under this module's test root."""
+# UIDs come from an unseeded generator, so two series written with the same
+# seed still get different UIDs, as two real series would.
+_UID_RNG = np.random.default_rng()
+
+
+def make_uid(rng: np.random.Generator | None = None) -> str:
+    """Return a random UID under this module's test root (``rng`` defaults to an unseeded one)."""
+    rng = _UID_RNG if rng is None else rng
     return UID_ROOT + ".".join(str(int(part)) for part in rng.integers(1, 10**9, size=3))
 
 
@@ -200,9 +206,9 @@ def write_series(
     intercepts = _per_slice(intercept, slices)
     hu = np.stack([stored[k].astype(np.float64) * slopes[k] + intercepts[k] for k in range(slices)])
 
-    series_uid = series_uid or make_uid(rng)
-    study_uid = make_uid(rng)
-    frame_uid = make_uid(rng)
+    series_uid = series_uid or make_uid()
+    study_uid = make_uid()
+    frame_uid = make_uid()
     numbers = _instance_numbers(slices, instance_numbers, rng)
 
     shared = SliceHeader(
@@ -212,7 +218,7 @@ def write_series(
     )
     files: list[Path] = []
     sop_uids: list[str] = []
-    copies = [(k, make_uid(rng)) for k in range(slices)] + [(k, make_uid(rng)) for k in duplicates]
+    copies = [(k, make_uid()) for k in range(slices)] + [(k, make_uid()) for k in duplicates]
     for k, sop_uid in copies:
         ds = shared.dataset(sop_uid, positions[k], int(numbers[k]), slopes[k], intercepts[k])
         set_pixels(ds, stored[k], compression, unsigned)
@@ -222,7 +228,7 @@ def write_series(
         sop_uids.append(sop_uid)
 
     if localizer:
-        files.append(write_localizer(folder, shared, make_uid(rng), rng))
+        files.append(write_localizer(folder, shared, make_uid(), rng))
 
     return SeriesInfo(
         folder=folder, files=files, series_uid=series_uid, study_uid=study_uid, sop_uids=sop_uids,
