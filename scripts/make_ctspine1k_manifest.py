@@ -31,9 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_UPSTREAM = REPO_ROOT.parent / "shared" / "upstream"
 DEFAULT_OUT = REPO_ROOT / "manifests" / "ctspine1k"
 
-# Medical Segmentation Decathlon Task03_Liver: dataset.json lists 131 training
-# volumes, liver_0..liver_130, in imagesTr and 70 test volumes, liver_131..
-# liver_200, in imagesTs. CTSpine1K uses ids up to liver_199.
+# Medical Segmentation Decathlon Task03_Liver: dataset.json counts 131
+# training volumes (numTraining) in imagesTr and 70 test volumes (numTest) in
+# imagesTs, numbered from liver_0, so liver_131 and above are test volumes.
+# CTSpine1K uses ids up to liver_199.
+# NOTE: the id ranges are derived from those counts, not read from the tar's
+# member list; a wrong folder shows up as a missing member when building.
 MSD_LAST_TRAINING_ID = 130
 MSD_TAR_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task03_Liver.tar"
 # The MD5 that MONAI checks for this mirror of the tar.
@@ -159,8 +162,8 @@ def build_sources(masks_revision: str) -> list[dict]:
         {
             "id": "tcia-covid19",
             "kind": "covid19",
-            # NOTE: the download address of TCIA's NIfTI files is not confirmed;
-            # the DOI's landing page stands in until the covid19 source names one.
+            # NOTE: the download address of TCIA's NIfTI files is not confirmed,
+            # so the locator is the DOI's landing page until it is.
             "locator": "https://doi.org/10.7937/tcia.2020.gqry-nc81",
             "license": "CC-BY-4.0",
             "citation": "Data from the CT Images in COVID-19 collection, The Cancer Imaging Archive",

@@ -241,8 +241,8 @@ class ManifestChecker:
         if not self.check_keys(value, schema.FILE_REF_KEYS, file, record, prefix):
             return
         source_id = self.string_field(value, "source", file, record, prefix)
-        # An empty locator is allowed: it asks the source for its default
-        # file of this case (local-dicom then uses the case id as folder).
+        # An empty locator is allowed. It selects the source's default file
+        # for the case id (local-dicom then uses the case id as folder name).
         locator = value.get("locator", "")
         if not isinstance(locator, str):
             self.add(file, record, prefix + "locator", f"expected a string, got {_json_type(locator)}")

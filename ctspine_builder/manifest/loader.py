@@ -204,7 +204,7 @@ def load_manifest(path: str | Path) -> Manifest:
 
     Raises ManifestValidationError (a ManifestError) listing every problem
     when the manifest is invalid. Relative local locators resolve against the
-    returned manifest's ``root``, the folder that holds the manifest.
+    returned manifest's ``root``, the folder that contains the manifest.
     """
     path = Path(path)
     problems: list[Problem] = []

@@ -5,8 +5,8 @@ import re
 
 # Source kinds that format v1 documents (docs/manifest.md). A kind listed here
 # validates even before its module is installed, so a manifest written for a
-# newer build still checks cleanly; `ctspine_builder.sources.base.source_kinds()`
-# lists the kinds that this installation can actually fetch.
+# newer build still checks cleanly. `ctspine_builder.sources.base.source_kinds()`
+# lists the kinds that this installation can fetch.
 KNOWN_SOURCE_KINDS = (
     "local-dicom",
     "local-nifti",
@@ -17,8 +17,8 @@ KNOWN_SOURCE_KINDS = (
     "masks-hf",
 )
 
-# SPDX licence identifiers (https://spdx.org/licenses/) for the licences that
-# public medical imaging data and code are usually released under. Any other
+# SPDX licence identifiers (https://spdx.org/licenses/) of common data and
+# software licences. Any other
 # licence is written as `LicenseRef-<name>`, the SPDX form for a licence that
 # has no SPDX id.
 SPDX_LICENSE_IDS = frozenset(
@@ -98,8 +98,8 @@ CASE_KEYS = {
 }
 FILE_REF_KEYS = {"source": True, "locator": True}
 
-# Which documented kinds can deliver an image and which a mask. A kind that is
-# registered by a plugin but not documented here is not checked for its role.
+# Documented kinds that deliver images, and those that deliver masks. A kind
+# that is registered but not documented here is not checked for its role.
 IMAGE_SOURCE_KINDS = frozenset({"local-dicom", "local-nifti", "tcia", "msd", "covid19"})
 MASK_SOURCE_KINDS = frozenset({"local-nifti", "masks-folder", "masks-hf"})
 
