@@ -12,7 +12,7 @@ import requests
 import urllib3.exceptions
 
 from ctspine_builder.errors import FetchError
-from ctspine_builder.fetch.http import HttpClient, redact_url
+from ctspine_builder.fetch.http import HttpClient, describe_exception, redact_url
 from ctspine_builder.fileio import HASH_CHUNK_BYTES, PARTIAL_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def stream_response(
             if progress is not None:
                 progress.update(len(chunk))
     except BODY_ERRORS as error:
-        raise BodyInterrupted(type(error).__name__) from error
+        raise BodyInterrupted(describe_exception(error)) from error
     return total
 
 

@@ -104,7 +104,7 @@ class HttpClient:
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as error:
-                cause = _describe_exception(error)
+                cause = describe_exception(error)
                 retry_after = None
             else:
                 if response.status_code not in RETRY_STATUS:
@@ -144,10 +144,14 @@ class HttpClient:
         self.close()
 
 
-def _describe_exception(error: Exception) -> str:
-    """Name a requests exception without the URL (and its query) that requests puts in it."""
-    if isinstance(error, requests.Timeout):
+def describe_exception(error: Exception) -> str:
+    """Return a short cause for a network exception, without the URL and query that requests puts in it."""
+    # A read timeout while requests reads a non-streamed body arrives as a
+    # ConnectionError that wraps urllib3's ReadTimeoutError.
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
         return "timed out"
-    if isinstance(error, requests.ConnectionError):
+    if isinstance(error, (requests.ConnectionError, ConnectionError)):
         return "connection failed"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "connection closed before the end of the body"
     return type(error).__name__
