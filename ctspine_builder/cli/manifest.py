@@ -7,7 +7,7 @@ import sys
 import click
 
 from ctspine_builder.cli.group import main
-from ctspine_builder.manifest.loader import load_manifest, resolve_manifest, validate_manifest
+from ctspine_builder.manifest.loader import ManifestValidationError, load_manifest, resolve_manifest
 from ctspine_builder.manifest.stats import format_stats_table, manifest_stats
 
 @main.group("manifest")
@@ -25,14 +25,14 @@ def validate_command(path: str) -> None:
     Exits 0 when the manifest is valid and 1 when it has any problem.
     """
     manifest_path = resolve_manifest(path)
-    problems = validate_manifest(manifest_path)
-    if problems:
-        for problem in problems:
+    try:
+        manifest = load_manifest(manifest_path)
+    except ManifestValidationError as error:
+        for problem in error.problems:
             click.echo(problem.format())
-        click.echo(f"{len(problems)} problem(s) found in {manifest_path}", err=True)
+        click.echo(f"{len(error.problems)} problem(s) found in {manifest_path}", err=True)
         sys.exit(1)
 
-    manifest = load_manifest(manifest_path)
     click.echo(f"valid: {len(manifest.cases)} cases, {len(manifest.sources)} sources")
 
 
