@@ -159,6 +159,7 @@ def extract_tar_stream(
     target_dir: str | Path,
     *,
     members: Iterable[str] | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> dict[str, Path]:
     """Extract regular files from a tar read as a forward-only stream.
 
@@ -166,7 +167,8 @@ def extract_tar_stream(
     without seeking, so an HTTP response body works. Every entry is checked
     with `check_tar_member` and `safe_member_path`, selected or not. With
     ``members`` only those entry names (compared after
-    `normalize_member_name`) are written. Returns entry name -> path written.
+    `normalize_member_name`) are written, and with ``select`` only names for
+    which it returns True. Returns entry name -> path written.
     A rejected, damaged or truncated archive raises FetchError. Files written
     before the error stay complete under their final names, so callers that
     must not expose them extract into a staging folder.
@@ -181,6 +183,8 @@ def extract_tar_stream(
                 dest = safe_member_path(target, member.name, archive=archive)
                 name = normalize_member_name(member.name)
                 if member.isdir() or (selected is not None and name not in selected):
+                    continue
+                if select is not None and not select(name):
                     continue
                 source = tar.extractfile(member)
                 if source is not None:
