@@ -50,9 +50,9 @@ class _Staged:
 
 def _convert(fetched: FetchedImage, out_path: Path, sidecar_path: Path, case_id: str):
     """Convert the fetched image to NIfTI with the converter for its kind."""
-    from ctspine_builder.dicom.convert import convert_nifti, convert_series
-
     if fetched.kind == "dicom":
+        from ctspine_builder.dicom.convert import convert_series
+
         return convert_series(
             fetched.path,
             out_path,
@@ -61,6 +61,8 @@ def _convert(fetched: FetchedImage, out_path: Path, sidecar_path: Path, case_id:
             case_id=case_id,
             sidecar_path=sidecar_path,
         )
+    from ctspine_builder.dicom.convert import convert_nifti
+
     return convert_nifti(fetched.path, out_path, case_id=case_id, sidecar_path=sidecar_path)
 
 

@@ -29,10 +29,10 @@ from ctspine_builder.sources.base import BuildContext, SourcePlan, open_source
 
 logger = logging.getLogger(__name__)
 
-# Options that change what a case's files contain, so they are part of its
-# input fingerprint. The others (cache_dir, nbia_url, concurrency,
+# Options that change what a case's files contain, with their defaults; they
+# are part of a case's input fingerprint. The others (cache_dir, nbia_url, concurrency,
 # keep_archive) change only how the inputs arrive.
-CONTENT_OPTIONS = ("position",)
+CONTENT_OPTIONS = {"position": "authors"}
 
 
 @dataclass
@@ -112,7 +112,7 @@ def case_fingerprint(manifest: Manifest, case: CaseRecord, context: BuildContext
     parts: dict = {
         "tool_version": __version__,
         "case": dataclasses.asdict(case),
-        "options": {name: context.options.get(name) for name in CONTENT_OPTIONS},
+        "options": {name: context.options.get(name) or default for name, default in CONTENT_OPTIONS.items()},
     }
     for role, ref in (("image", case.image), ("mask", case.mask)):
         if ref is None:

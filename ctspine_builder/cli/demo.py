@@ -32,7 +32,6 @@ def demo(ctx: click.Context, out_dir: Path, cases: int) -> None:
     from ctspine_builder.demo import write_demo_sources
     from ctspine_builder.manifest.loader import load_manifest
     from ctspine_builder.pipeline import build
-    from ctspine_builder.verify import verify_dataset
 
     sources = write_demo_sources(out_dir / "sources", cases=cases)
     click.echo(f"Phantom DICOM series, masks and manifest written to {sources.root}")
@@ -45,6 +44,8 @@ def demo(ctx: click.Context, out_dir: Path, cases: int) -> None:
     if not report.ok:
         click.secho(f"{len(report.failed)} demo case(s) failed to build.", fg="red", err=True)
         sys.exit(1)
+
+    from ctspine_builder.verify import verify_dataset
 
     verification = verify_dataset(dataset_dir, manifest=manifest)
     if not verification.ok:
