@@ -178,6 +178,7 @@ def write_series(
     where slices stack along the table axis (0, 0, 1) while the image plane
     tilts, as on a CT with a tilted gantry. ``offsets`` defaults to
     ``k * slice_spacing``; give it to make missing slices or uneven spacing.
+    ``stored`` (slice, row, column) overrides the phantom and the shape.
     ``slope`` and ``intercept`` may be one value or one per slice. Indices in
     ``duplicates`` get a second file with the same position and pixels but a
     new SOPInstanceUID. File names are random and InstanceNumber is shuffled
@@ -195,6 +196,8 @@ def write_series(
         row, column = np.asarray(row_cosine, float), np.asarray(column_cosine, float)
     normal = np.cross(row, column)
     stacking = np.array([0.0, 0.0, 1.0]) if tilt_deg else normal
+    if stored is not None:
+        slices = stored.shape[0]
     offsets = [k * slice_spacing for k in range(slices)] if offsets is None else list(offsets)
     slices = len(offsets)
     positions = np.array([np.asarray(origin, float) + offset * stacking for offset in offsets])

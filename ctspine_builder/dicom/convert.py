@@ -9,13 +9,22 @@ the identifying values read from the input, for the build's scan of outputs.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctspine_builder.dicom.decode import VolumeBuilder, check_decodable, decode_all, rescale_parameters, to_hu
+from ctspine_builder import TOOL_NAME, __version__
+from ctspine_builder.dicom.decode import (
+    VolumeBuilder,
+    check_decodable,
+    decode_all,
+    fits_int16,
+    rescale_parameters,
+    to_hu,
+)
 from ctspine_builder.dicom.discover import SliceHeader, discover_series, select_series
 from ctspine_builder.dicom.geometry import (
     GEOMETRY_MODES,
@@ -24,7 +33,7 @@ from ctspine_builder.dicom.geometry import (
     simpleitk_grid,
     strict_grid,
 )
-from ctspine_builder.dicom.sidecar import build_sidecar, collect_deny_values, write_sidecar
+from ctspine_builder.dicom.sidecar import MIN_DENY_LENGTH, build_sidecar, collect_deny_values, write_sidecar
 from ctspine_builder.errors import ConversionError
 from ctspine_builder.nifti import save_nifti
 
@@ -173,3 +182,77 @@ def _stack_hu(ordered: list[SliceHeader], stored: list[np.ndarray]):
         slopes.append(slope)
         intercepts.append(intercept)
     return builder.volume, slopes, intercepts
+
+
+def convert_nifti(
+    src_path: str | Path,
+    out_path: str | Path,
+    *,
+    case_id: str | None = None,
+    sidecar_path: str | Path | None = None,
+) -> ConversionResult:
+    """Rewrite a source NIfTI with a clean header: same voxel values, same affine.
+
+    The affine is the one nibabel reports as best (sform, else qform).
+    Scaled data (scl_slope / scl_inter) is stored as int16 when every value
+    is an integer within int16, else float32; unscaled data keeps its type.
+    ``deny_values`` holds the text of the source header and extensions.
+    """
+    import nibabel as nib
+
+    src_path, out_path = Path(src_path), Path(out_path)
+    logger.info("rewriting NIfTI %s", src_path)
+    try:
+        image = nib.load(src_path)
+        data = _nifti_values(image)
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as error:
+        raise ConversionError(f"unreadable NIfTI file: {type(error).__name__}: {error}", case_id=case_id,
+                              path=src_path, hint="The file is damaged or truncated; download it again") from error
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ConversionError(f"expected a 3D image, got shape {data.shape}", case_id=case_id, path=src_path)
+
+    affine = image.affine
+    save_nifti(data, affine, out_path)
+    zooms = [float(zoom) for zoom in image.header.get_zooms()[:3]]
+    sidecar: dict[str, Any] = {
+        "ConversionSoftware": TOOL_NAME,
+        "ConversionSoftwareVersion": __version__,
+        "Geometry": "source-nifti",
+        "PixelSpacing": [round(zooms[1], 6), round(zooms[0], 6)],
+        "SpacingBetweenSlices": round(zooms[2], 6),
+    }
+    if case_id:
+        sidecar["CaseId"] = case_id
+    if sidecar_path is not None:
+        write_sidecar(sidecar_path, sidecar)
+    return ConversionResult(path=out_path, shape=tuple(data.shape), affine=affine, dtype=str(data.dtype),
+                            sidecar=sidecar, deny_values=nifti_deny_values(image.header),
+                            slice_count=int(data.shape[2]))
+
+
+def _nifti_values(image) -> np.ndarray:
+    """Return the voxel values, scaled when the header says so, in the smallest exact type."""
+    header = image.header
+    slope, intercept = header.get_slope_inter()
+    raw = np.asanyarray(image.dataobj.get_unscaled())
+    if slope in (None, 1.0) and intercept in (None, 0.0):
+        return raw
+    hu = to_hu(raw, float(slope if slope is not None else 1.0), float(intercept if intercept is not None else 0.0))
+    return hu.astype(np.int16) if fits_int16(hu) else hu.astype(np.float32)
+
+
+def nifti_deny_values(header) -> set[str]:
+    """Return the text read from a NIfTI header's string fields and extensions."""
+    values: set[str] = set()
+    for field in ("descrip", "aux_file", "intent_name", "db_name"):
+        if field in header:
+            text = bytes(header[field]).split(b"\x00")[0].decode("latin-1").strip()
+            if text:
+                values.add(text)
+    for extension in getattr(header, "extensions", []):
+        content = extension.get_content()
+        if isinstance(content, (bytes, bytearray)):
+            values.update(run.decode("ascii").strip() for run in re.findall(rb"[\x20-\x7e]{4,}", bytes(content)))
+    return {value for value in values if len(value) >= MIN_DENY_LENGTH}

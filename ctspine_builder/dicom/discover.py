@@ -29,6 +29,7 @@ DEFER_SIZE = "64 KB"
 # A DICOM Part 10 file has a 128-byte preamble followed by "DICM".
 _PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index of files, not an image
 
 
 @dataclass
@@ -149,10 +150,18 @@ def read_header(path: Path, *, case_id: str | None = None) -> Dataset | None:
     if head[_PREAMBLE_LENGTH:] != _MAGIC:
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_SIZE)
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_SIZE)
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
         raise ConversionError(f"unreadable DICOM file: {type(error).__name__}: {error}", case_id=case_id, path=path,
                               hint="The file is damaged or truncated; download the series again") from error
+    if str(dataset.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        return None
+    if not dataset.get("SeriesInstanceUID"):
+        # pydicom stops quietly at the end of a truncated file, so a missing
+        # SeriesInstanceUID is the usual sign of one.
+        raise ConversionError("DICOM file without SeriesInstanceUID (0020,000E)", case_id=case_id, path=path,
+                              hint="The file is damaged or truncated; download the series again")
+    return dataset
 
 
 def is_localizer(dataset: Dataset) -> bool:
