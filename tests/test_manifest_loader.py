@@ -10,7 +10,7 @@ import pytest
 from ctspine_builder.errors import ManifestError
 from ctspine_builder.manifest.loader import ManifestValidationError, load_manifest, validate_manifest
 from ctspine_builder.manifest.model import FileRef
-from ctspine_builder.manifest.schema import KNOWN_SOURCE_KINDS
+from ctspine_builder.manifest.schema import KNOWN_SOURCE_KINDS, SOURCE_OPTIONS
 from ctspine_builder.sources.base import source_kinds
 
 HASH = "0123456789abcdef" * 4
@@ -576,3 +576,37 @@ def test_registered_kinds_are_documented():
 @pytest.mark.parametrize("kind", KNOWN_SOURCE_KINDS)
 def test_documented_kind_is_registered(kind):
     assert kind in source_kinds(), f"source kind {kind!r} is documented but no module registers it"
+
+
+def test_unknown_option_for_kind(tmp_path):
+    data = base_manifest()
+    data["sources"][0]["options"] = {"geometry": "simpleitk", "geometri": "strict"}
+    path = write_file_manifest(tmp_path, data)
+
+    problem = only_problem(path)
+
+    assert (problem.record, problem.field) == ('sources[0] "scans"', "options.geometri")
+    assert problem.message == 'unknown option for kind "local-dicom"; allowed options: geometry, series_uid'
+
+
+def test_option_keys_read_by_sources_are_documented():
+    # Each key that a source module reads from its record's options must be
+    # allowed by SOURCE_OPTIONS for the kinds that module registers, or
+    # validation would reject a manifest that the source accepts.
+    import re
+
+    import ctspine_builder.sources as sources_package
+
+    checked = set()
+    for module in sorted(Path(sources_package.__file__).parent.glob("*.py")):
+        text = module.read_text(encoding="utf-8")
+        kinds = set(re.findall(r"register_source_kind\(\s*\"([\w-]+)\"", text))
+        if not kinds or not kinds <= set(SOURCE_OPTIONS):
+            continue
+        read_keys = set(re.findall(r"(?:record|source)\.options(?:\.get\(|\[)\s*\"(\w+)\"", text))
+        allowed = set().union(*(SOURCE_OPTIONS[kind] for kind in kinds))
+        assert read_keys <= allowed, f"{module.name} reads options missing from SOURCE_OPTIONS: {sorted(read_keys - allowed)}"
+        checked |= kinds
+
+    # The pattern must still find the modules of the kinds listed, or this test checks nothing.
+    assert checked == set(SOURCE_OPTIONS)

@@ -195,8 +195,20 @@ class ManifestChecker:
             self.add(file, record, "citation", "missing citation; give a citation, a doi, or both")
         if doi is not None and not schema.DOI_PATTERN.match(doi):
             self.add(file, record, "doi", f"invalid DOI {_quote(doi)}; write it as 10.<registrant>/<suffix>, without https://doi.org/")
-        if "options" in source and not isinstance(source["options"], dict):
-            self.add(file, record, "options", f"expected an object, got {_json_type(source['options'])}")
+        if "options" in source:
+            self._check_options(source["options"], kind, file, record)
+
+    def _check_options(self, options: object, kind: str | None, file: str, record: str) -> None:
+        if not isinstance(options, dict):
+            self.add(file, record, "options", f"expected an object, got {_json_type(options)}")
+            return
+        allowed = schema.SOURCE_OPTIONS.get(kind or "")
+        if allowed is None:
+            return
+        for key in options:
+            if key not in allowed:
+                names = ", ".join(sorted(allowed)) or "none"
+                self.add(file, record, f"options.{key}", f"unknown option for kind {_quote(kind)}; allowed options: {names}")
 
     def check_case(self, entry: CaseEntry) -> None:
         """Check one case object and its references to sources."""

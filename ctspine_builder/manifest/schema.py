@@ -103,6 +103,16 @@ FILE_REF_KEYS = {"source": True, "locator": True}
 IMAGE_SOURCE_KINDS = frozenset({"local-dicom", "local-nifti", "tcia", "msd", "covid19"})
 MASK_SOURCE_KINDS = frozenset({"local-nifti", "masks-folder", "masks-hf"})
 
+# Option keys that each documented kind reads from `sources[].options`. An
+# unknown key is reported, so a misspelt option is not silently ignored. A
+# kind missing from this table accepts any option keys.
+SOURCE_OPTIONS = {
+    "local-dicom": frozenset({"geometry", "series_uid"}),
+    "local-nifti": frozenset(),
+    "tcia": frozenset({"collection"}),
+    "msd": frozenset({"md5", "archive", "folder"}),
+}
+
 # File names of the folder form: manifest.json plus any number of cases*.jsonl.
 FOLDER_MANIFEST_NAME = "manifest.json"
 CASES_FILE_GLOB = "cases*.jsonl"
