@@ -78,7 +78,7 @@ class ManifestChecker:
 
     known_kinds: frozenset[str]
     problems: list[Problem] = field(default_factory=list)
-    source_kinds: dict[str, str] = field(default_factory=dict)
+    kind_by_source: dict[str, str] = field(default_factory=dict)
     case_places: dict[str, str] = field(default_factory=dict)
     sources_readable: bool = True
 
@@ -180,7 +180,7 @@ class ManifestChecker:
                 self.add(file, record, "id", f"duplicate source id {_quote(source_id)}; first defined at {places[source_id]}")
             else:
                 places[source_id] = record
-                self.source_kinds[source_id] = kind or ""
+                self.kind_by_source[source_id] = kind or ""
         if kind is not None and kind not in self.known_kinds:
             self.add(file, record, "kind", f"unknown source kind {_quote(kind)}; known kinds: {', '.join(sorted(self.known_kinds))}")
         if license_id is not None and not _is_license_id(license_id):
@@ -260,11 +260,11 @@ class ManifestChecker:
             self.add(file, record, prefix + "locator", f"expected a string, got {_json_type(locator)}")
         if source_id is None or not self.sources_readable:
             return
-        if source_id not in self.source_kinds:
-            known = ", ".join(sorted(self.source_kinds)) or "none"
+        if source_id not in self.kind_by_source:
+            known = ", ".join(sorted(self.kind_by_source)) or "none"
             self.add(file, record, prefix + "source", f"unknown source id {_quote(source_id)}; sources defined: {known}")
             return
-        kind = self.source_kinds[source_id]
+        kind = self.kind_by_source[source_id]
         if kind in schema.KNOWN_SOURCE_KINDS and kind not in role_kinds:
             self.add(
                 file, record, prefix + "source", f"source {_quote(source_id)} has kind {_quote(kind)}, which cannot provide a {name}"
