@@ -72,15 +72,30 @@ class FakeSeries:
         return {key: value for key, value in values.items() if value is not None}
 
 
-def series_from_folder(folder: Path, *, collection: str, patient_id: str, **fields) -> FakeSeries:
-    """Build a FakeSeries from a folder of DICOM files, reading the UIDs from the first file."""
+def series_from_folder(
+    folder: Path,
+    *,
+    collection: str,
+    patient_id: str,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    **fields,
+) -> FakeSeries:
+    """Build a FakeSeries from a folder of DICOM files.
+
+    The UIDs come from the first file unless given; give them for files
+    whose UIDs were blanked (NBIA always lists both).
+    """
     import pydicom
 
-    files = {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
-    first = pydicom.dcmread(next(path for path in sorted(folder.iterdir()) if path.suffix in (".dcm", "")),
-                            stop_before_pixels=True)
-    return FakeSeries(collection, patient_id, str(first.SeriesInstanceUID), str(first.StudyInstanceUID), files,
-                      **fields)
+    paths = [path for path in sorted(folder.iterdir()) if path.is_file()]
+    files = {path.name: path.read_bytes() for path in paths}
+    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    series_uid = series_uid or str(first.get("SeriesInstanceUID", ""))
+    study_uid = study_uid or str(first.get("StudyInstanceUID", ""))
+    if not series_uid or not study_uid:
+        raise ValueError(f"{folder} has blank UIDs; pass series_uid and study_uid")
+    return FakeSeries(collection, patient_id, series_uid, study_uid, files, **fields)
 
 
 @dataclass
