@@ -111,6 +111,7 @@ SOURCE_OPTIONS = {
     "local-nifti": frozenset(),
     "tcia": frozenset({"collection"}),
     "msd": frozenset({"md5", "archive", "folder"}),
+    "covid19": frozenset({"base_url", "folder"}),
 }
 
 # File names of the folder form: manifest.json plus any number of cases*.jsonl.
