@@ -30,6 +30,9 @@ DEFER_SIZE = "64 KB"
 _PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: an index of files, not an image
+# CT, MR and PET Image Storage: every such file carries these plane attributes (DICOM PS3.3 C.7.6.2, C.7.6.3).
+PLANE_IMAGE_STORAGE = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128"})
+_PLANE_KEYWORDS = ("Rows", "Columns", "ImagePositionPatient")
 
 
 @dataclass
@@ -156,10 +159,12 @@ def read_header(path: Path, *, case_id: str | None = None) -> Dataset | None:
                               hint="The file is damaged or truncated; download the series again") from error
     if str(dataset.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         return None
-    if not dataset.get("SeriesInstanceUID"):
-        # pydicom stops quietly at the end of a truncated file, so a missing
-        # SeriesInstanceUID is the usual sign of one.
-        raise ConversionError("DICOM file without SeriesInstanceUID (0020,000E)", case_id=case_id, path=path,
+    storage_class = str(dataset.file_meta.get("MediaStorageSOPClassUID", ""))
+    if storage_class in PLANE_IMAGE_STORAGE and any(keyword not in dataset for keyword in _PLANE_KEYWORDS):
+        # pydicom stops quietly at the end of a truncated file, so a CT or MR
+        # image without its plane attributes is the usual sign of one.
+        raise ConversionError("DICOM image file without Rows, Columns or ImagePositionPatient",
+                              case_id=case_id, path=path,
                               hint="The file is damaged or truncated; download the series again")
     return dataset
 
