@@ -9,11 +9,13 @@ import io
 import json
 import logging
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+from isal.igzip_lib import IsalError
 
 from ctspine_builder.fileio import PARTIAL_SUFFIX, is_gzip
 from ctspine_builder.nifti import DESCRIP
@@ -94,6 +96,10 @@ PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
 )
 
 SEARCH_CHUNK_BYTES = 8 << 20
+
+# Errors that reading a damaged or truncated (gzip) file raises: isal and
+# zlib report corrupt deflate data with their own exception types.
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, IsalError)
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,7 @@ def scan_file(
             findings += scan_text(text, allowed, name)
             if _is_sidecar(path):
                 findings += _check_sidecar_keys(text, name)
-    except (OSError, EOFError, ValueError) as error:
+    except READ_ERRORS as error:
         findings = [Finding(name, UNREADABLE, "whole file", f"could not be read for the scan: {type(error).__name__}")]
     return findings
 
