@@ -120,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_simple(416, b"", extra={"Content-Range": f"bytes */{size}"}, send_body=send_body)
             return
 
+        # Record before responding, so a client that returns on the headers
+        # finds its request in the log.
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
@@ -130,7 +133,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self._record(status)
         if send_body:
             self._send_file(path, first, last, fault)
 
@@ -189,6 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra: dict[str, str] | None = None,
         send_body: bool = True,
     ) -> None:
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -197,7 +200,6 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self._record(status)
         if send_body:
             self.wfile.write(body)
 
