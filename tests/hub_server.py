@@ -212,7 +212,9 @@ class HubHandler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         if repo_id in self.hub.repos:
             return self._json(409, {"error": "You already created this dataset repo", "url": f"{self._base()}/datasets/{repo_id}"})
-        self.hub.create_repo(repo_id, bool(payload.get("private")))
+        # huggingface_hub 2.x sends "visibility"; older clients sent "private".
+        private = payload.get("visibility") in ("private", "protected") or bool(payload.get("private"))
+        self.hub.create_repo(repo_id, private)
         self._json(200, {"url": f"{self._base()}/datasets/{repo_id}", "name": repo_id})
 
     def repo_info(self, repo_id: str, revision: str = "main") -> None:

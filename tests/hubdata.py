@@ -93,7 +93,7 @@ def write_case(root: Path, case: TinyCase) -> dict:
     mask_rel = f"data/{case.split}/masks/{case.case_id}.nii.gz"
     save_nifti(image, AFFINE, root / image_rel)
     save_nifti(mask, AFFINE, root / mask_rel)
-    sidecar = {"ConverterName": "ctspine_builder", "ConverterVersion": "test", "SliceThickness": 2.0}
+    sidecar = {"ConversionSoftware": "ctspine_builder", "ConversionSoftwareVersion": "test", "SliceThickness": 2.0}
     (root / "sidecars").mkdir(parents=True, exist_ok=True)
     (root / "sidecars" / f"{case.case_id}.json").write_text(json.dumps(sidecar, sort_keys=True) + "\n")
     source, licence = SOURCES[case.subset]

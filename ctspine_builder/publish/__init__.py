@@ -52,15 +52,14 @@ def verify_before_publish(root: Path) -> None:
 
 
 def _report_failures(report) -> list[str]:
-    # NOTE: written against the verify stage's report before its API settled:
-    # a report with `failures` (or `errors`) and/or a boolean `ok`.
-    failures = getattr(report, "failures", None)
-    if failures is None:
-        failures = getattr(report, "errors", None)
-    failures = [str(item) for item in (failures or [])]
-    if not failures and getattr(report, "ok", True) is False:
-        failures = ["verification reported a failure"]
-    return failures
+    """Return one line per failed check of a VerifyReport: case id, check and message."""
+    lines = []
+    for case in [report.dataset, *report.cases]:
+        for check, result in case.checks.items():
+            lines += [f"{case.case_id}: {check}: {message}" for message in result.messages]
+    if not lines and not report.ok:
+        lines.append("verification failed without a message; run `ctspine verify` for the report")
+    return lines
 
 
 def previous_release(api, repo_id: str, version: str, tags: dict[str, str]) -> tuple[str | None, dict | None]:
@@ -110,6 +109,7 @@ def publish_release(
     fails, when the tag exists already, or when the upload stops; running
     the same call again resumes the upload.
     """
+    import httpx2
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -121,10 +121,16 @@ def publish_release(
     tag = f"v{version}"
     try:
         return _push(api, root, repo_id, version, tag, private, gated, files_per_commit)
-    except HfHubHTTPError as error:
+    except (HfHubHTTPError, httpx2.TransportError, RuntimeError) as error:
+        # huggingface_hub wraps a failed LFS upload in a RuntimeError whose
+        # cause is the HTTP error; other RuntimeErrors are not upload failures.
+        cause = error.__cause__ if isinstance(error, RuntimeError) else error
+        if isinstance(error, RuntimeError) and not isinstance(cause, (HfHubHTTPError, httpx2.TransportError)):
+            raise
         # The error text holds the URL and the server's message, never the token.
+        reason = f"{str(error).splitlines()[0]} ({str(cause).splitlines()[0]})" if cause is not error else str(error).splitlines()[0]
         raise PublishError(
-            f"upload of {tag} to {repo_id} stopped: {str(error).splitlines()[0]}",
+            f"upload of {tag} to {repo_id} stopped: {reason}",
             hint="Run the same command again to resume; files already on the Hub are not sent again, and no tag was created.",
         ) from error
 
