@@ -327,3 +327,99 @@ def test_missing_build_json_fails(dataset) -> None:
     result = run_verify(dataset)
     assert result.exit_code == 1
     assert "build.json is missing" in result.output
+
+
+# --- the demo build ------------------------------------------------------------
+
+DEMO_CASE = "phantom_000"
+DEMO_IMAGE = f"data/trainset/images/{DEMO_CASE}.nii.gz"
+DEMO_MASK = f"data/trainset/masks/{DEMO_CASE}.nii.gz"
+DEMO_SIDECAR = f"sidecars/{DEMO_CASE}.json"
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory) -> Path:
+    """A dataset folder built by `ctspine demo` (three phantom cases), built once for this module."""
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(main, ["-q", "demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Dataset built and verified" in result.output
+    return out
+
+
+@pytest.fixture()
+def demo_copy(demo_build: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo build that a test may tamper with."""
+    shutil.copytree(demo_build, tmp_path / "demo")
+    return tmp_path / "demo"
+
+
+def verify_demo(root: Path):
+    manifest = root / "sources" / "manifest.json"
+    return CliRunner().invoke(main, ["verify", str(root / "dataset"), "--manifest", str(manifest)])
+
+
+def flip_byte(dataset: Path) -> None:
+    path = dataset / DEMO_IMAGE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def set_label_30(dataset: Path) -> None:
+    mask = nib.load(str(dataset / DEMO_MASK))
+    data = np.asanyarray(mask.dataobj).copy()
+    data[data == data.max()] = 30
+    save_nifti(data, mask.affine, dataset / DEMO_MASK)
+
+
+def shift_mask_affine(dataset: Path) -> None:
+    mask = nib.load(str(dataset / DEMO_MASK))
+    affine = mask.affine.copy()
+    affine[0, 3] += 0.5
+    save_nifti(np.asanyarray(mask.dataobj), affine, dataset / DEMO_MASK)
+
+
+def plant_sidecar_date(dataset: Path) -> None:
+    path = dataset / DEMO_SIDECAR
+    sidecar = json.loads(path.read_text())
+    sidecar["Manufacturer"] = "phantom 2022-12-08"
+    path.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+
+
+def add_extension(dataset: Path) -> None:
+    image = nib.load(str(dataset / DEMO_IMAGE))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"<afni>comment</afni>"))
+    nib.save(image, str(dataset / DEMO_IMAGE))
+
+
+DEMO_TAMPERS = [
+    ("flip-byte", flip_byte, {"sums", "hashes"}, f"{DEMO_IMAGE} does not match its SHA-256 in SHA256SUMS"),
+    ("delete-file", lambda d: (d / DEMO_MASK).unlink(), {"files", "sums"}, f"{DEMO_MASK} is missing"),
+    ("add-file", lambda d: (d / "data/trainset/images/extra.txt").write_text("x\n"), set(),
+     "data/trainset/images/extra.txt is not listed in SHA256SUMS (extra file)"),
+    ("label-30", set_label_30, {"sums", "hashes", "labels"}, "mask contains unexpected label values [30]"),
+    ("shift-mask-affine", shift_mask_affine, {"sums", "hashes", "geometry"},
+     "mask does not fit the image grid: voxel centres differ by up to 0.5 mm"),
+    ("sidecar-date", plant_sidecar_date, {"sums", "phi"}, f"{DEMO_SIDECAR}: date pattern at line"),
+    ("nifti-extension", add_extension, {"sums", "hashes", "phi"}, f"{DEMO_IMAGE}: extension at NIfTI header extension 0"),
+    ("remove-licence", lambda d: (d / "LICENSES/phantom-masks.md").unlink(), {"licence"},
+     "LICENSES/phantom-masks.md is missing"),
+    ("gzip-9", lambda d: recompress(d / DEMO_IMAGE), {"sums"}, "its decompressed content is intact"),
+]
+
+
+def test_demo_build_verifies(demo_copy: Path) -> None:
+    result = verify_demo(demo_copy)
+    assert result.exit_code == 0, result.output
+    assert "OK: 3 cases checked, 0 failed." in result.output
+
+
+@pytest.mark.parametrize(("tamper", "failing", "message"), [t[1:] for t in DEMO_TAMPERS], ids=[t[0] for t in DEMO_TAMPERS])
+def test_demo_tamper_fails(demo_copy: Path, tamper, failing: set[str], message: str) -> None:
+    tamper(demo_copy / "dataset")
+    result = verify_demo(demo_copy)
+    assert result.exit_code == 1
+    assert "FAIL:" in result.output
+    assert message in result.output
+    assert failed_checks(result.output, DEMO_CASE) == failing
