@@ -5,6 +5,7 @@ value itself, because the value is the identifier that must not spread.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -361,11 +362,25 @@ def _check_sidecar_keys(text: str, name: str) -> list[Finding]:
 
 
 def _blank_allowed(text: str, allowed_ids: Iterable[str]) -> str:
-    """Replace each allowed case id by spaces so that patterns skip it but positions stay."""
-    for case_id in sorted(set(allowed_ids), key=len, reverse=True):
-        if case_id:
-            text = text.replace(case_id, " " * len(case_id))
-    return text
+    """Replace each allowed case id by spaces so that patterns skip it but positions stay.
+
+    A case id counts only as a whole token: a longer UID that starts with a
+    case id (its study UID, say) is not blanked, so the UID pattern still sees it.
+    """
+    pattern = _allowed_pattern(tuple(sorted(set(allowed_ids))))
+    if pattern is None:
+        return text
+    return pattern.sub(lambda match: " " * len(match.group(0)), text)
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed_pattern(allowed_ids: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Compile one alternation of the case ids, longest first, with the same boundaries as the UID pattern."""
+    ids = sorted((case_id for case_id in allowed_ids if case_id), key=len, reverse=True)
+    if not ids:
+        return None
+    alternation = "|".join(re.escape(case_id) for case_id in ids)
+    return re.compile(rf"(?<![0-9A-Za-z.])(?:{alternation})(?![0-9A-Za-z]|\.\d)")
 
 
 def _read_text(path: Path) -> str:

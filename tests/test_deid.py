@@ -163,6 +163,17 @@ def test_case_id_uid_allowed() -> None:
     assert kinds(scan_text(text, [], "metadata.jsonl")) == [UID, UID]
 
 
+def test_uid_extending_case_id_found() -> None:
+    findings = scan_text(f"study {CASE_UID}.2.77 of images/{CASE_UID}.nii.gz", [CASE_UID], "build.json")
+    assert [(f.kind, f.location) for f in findings] == [(UID, "line 1, column 7")]
+
+
+def test_case_id_prefix_of_longer_id_not_blanked() -> None:
+    # liver_1 is allowed, but the date inside liver_1_20221208 must still be found.
+    findings = scan_text("liver_1 liver_1_20221208", ["liver_1"], "x.md")
+    assert kinds(findings) == [DATE]
+
+
 def test_pattern_location_names_line_and_column() -> None:
     findings = scan_text('{\n  "seen": "2022-12-08"\n}', [], "build.json")
     assert findings[0].location == "line 2, column 12"
