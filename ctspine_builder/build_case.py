@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctspine_builder.errors import CtspineError, VerificationError
@@ -35,6 +35,9 @@ class CaseOutcome:
     status: str
     reason: str = ""
     entry: CaseEntry | None = None
+    # Identifying values read from the case's input; the final verification
+    # searches the whole dataset for them. Never logged or printed.
+    deny_values: set[str] = field(default_factory=set, repr=False)
 
 
 @dataclass
@@ -181,4 +184,4 @@ def build_case(manifest: Manifest, case: CaseRecord, out_dir: Path, options: dic
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("case %s: built", case.case_id)
-    return CaseOutcome(case.case_id, STATUS_BUILT, "", entry)
+    return CaseOutcome(case.case_id, STATUS_BUILT, "", entry, staged.deny_values)

@@ -123,7 +123,7 @@ def write_series(folder: Path, case_id: str, hu: np.ndarray, origin_lps: np.ndar
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", case_id, "Phantom^Demo"
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", case_id, ""
         ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "ctspine_builder phantom", 1, k + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2] + k * SLICE_SPACING_MM)]

@@ -41,6 +41,8 @@ class BuildReport:
 
     out_dir: Path
     outcomes: list[CaseOutcome] = field(default_factory=list)
+    # The `verify_dataset` report of the finished folder, when the build ran it.
+    verification: object | None = None
 
     @property
     def failed(self) -> list[CaseOutcome]:
@@ -49,8 +51,8 @@ class BuildReport:
 
     @property
     def ok(self) -> bool:
-        """True when no selected case failed."""
-        return not self.failed
+        """True when no selected case failed and the verification, if run, passed."""
+        return not self.failed and (self.verification is None or self.verification.ok)
 
 
 @dataclass
@@ -202,6 +204,7 @@ def build(
     options: dict | None = None,
     progress: bool = True,
     jobs: int = 1,
+    verify: bool = True,
 ) -> BuildReport:
     """Build the selected cases of ``manifest`` into ``out_dir`` and package the dataset.
 
@@ -209,7 +212,9 @@ def build(
     still in the manifest unchanged; among the selected cases, those whose
     input fingerprint and files are unchanged are not built again. Raises
     CtspineError only for problems that stop the whole build (bad filters,
-    unreadable build.json); a case's failure is in the report.
+    unreadable build.json); a case's failure is in the report. With
+    ``verify`` the finished folder is checked as `ctspine verify` does,
+    searching every file for the identifying values read in this run.
     """
     from tqdm import tqdm
 
@@ -246,6 +251,13 @@ def build(
     entries = _dataset_entries(manifest, previous, report, {case.case_id for case in cases})
     package_dataset(out_dir, manifest, entries, lock_sha256=options.get("lock_sha256"))
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
+    if verify:
+        from ctspine_builder.verify import verify_dataset
+
+        deny_values = set().union(*(outcome.deny_values for outcome in report.outcomes))
+        report.verification = verify_dataset(out_dir, deny_values=deny_values)
+        if not report.verification.ok:
+            logger.error("verification of %s failed for: %s", out_dir, ", ".join(report.verification.failed_cases) or "dataset files")
     return report
 
 

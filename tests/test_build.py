@@ -182,3 +182,20 @@ def test_dry_run_reports_missing_input(sources, tmp_path):
     result = run_build(sources.manifest, tmp_path / "dataset", "--dry-run")
     assert result.exit_code == 1
     assert "1 case(s) cannot be planned" in result.output
+
+
+def test_final_verification_catches_leaked_value(sources, tmp_path):
+    import pydicom
+
+    # A station name read from the DICOM input that the manifest's description
+    # repeats: the per-case scan cannot see the card, the final check must.
+    for path in (sources.root / "dicom" / "phantom_000").iterdir():
+        dataset = pydicom.dcmread(path)
+        dataset.StationName = "STATIONLEAK42"
+        dataset.save_as(path)
+    edit_manifest(sources.manifest, lambda doc: doc["dataset"].update(description="Scanned at STATIONLEAK42."))
+    out = tmp_path / "dataset"
+    result = run_build(sources.manifest, out)
+    assert result.exit_code == 1
+    assert f"Verification of {out} failed" in result.output
+    assert "STATIONLEAK42" not in result.output

@@ -115,6 +115,9 @@ def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits,
     quiet = ctx.obj.get("verbosity", 0) < 0
     report = pipeline.build(manifest, out_dir, options=options, progress=not quiet, jobs=jobs, **filters)
     _print_summary(report)
-    if not report.ok:
+    if report.failed:
         click.secho(f"{len(report.failed)} case(s) failed; the dataset in {out_dir} leaves them out.", fg="red", err=True)
+    if report.verification is not None and not report.verification.ok:
+        click.secho(f"Verification of {out_dir} failed; run `ctspine verify {out_dir}` for the details.", fg="red", err=True)
+    if not report.ok:
         sys.exit(1)
