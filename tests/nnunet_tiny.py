@@ -92,6 +92,12 @@ def build_tiny_model(root: Path, seed: int = 0, num_classes: int = NUM_FOREGROUN
             batch_dice=False, stage=0, unpack_data=False, deterministic=True, fp16=False,
         )
         trainer.initialize(training=False)
+        # A trained v1 checkpoint stores its loss curves and best metric as
+        # numpy scalars, which torch's weights-only loader must be told about.
+        trainer.all_tr_losses = [np.float64(0.9), np.float64(0.7)]
+        trainer.all_val_losses = [np.float64(0.8), np.float64(0.75)]
+        trainer.all_val_eval_metrics = [np.float64(0.4), np.float64(0.5)]
+        trainer.best_val_eval_criterion_MA = np.float64(0.5)
         trainer.save_checkpoint(str(fold_folder / "model_final_checkpoint.model"))
 
     # The trainer logs into <output_folder>/<fold>; a release has no logs.

@@ -177,9 +177,12 @@ def download_hf_model(reference: str, target: Path) -> tuple[Path, str]:
     if not _COMMIT_PATTERN.match(revision):
         logger.warning("revision %s of %s is not a commit hash; a branch or tag can move, so pin the commit instead", revision, repo_id)
     patterns = ["*plans.pkl", "*model_final_checkpoint.model", "*model_final_checkpoint.model.pkl", "*postprocessing.json"]
+    # huggingface_hub reads HF_ENDPOINT once at import; read it per call so a
+    # changed endpoint (a mirror, a test server) is always honoured.
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        commit = HfApi().repo_info(repo_id, revision=revision).sha or revision
-        folder = snapshot_download(repo_id=repo_id, revision=commit, local_dir=target, allow_patterns=patterns)
+        commit = HfApi(endpoint=endpoint).repo_info(repo_id, revision=revision).sha or revision
+        folder = snapshot_download(repo_id=repo_id, revision=commit, local_dir=target, allow_patterns=patterns, endpoint=endpoint)
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise FetchError(f"model {repo_id} at revision {revision} not found on the Hub", hint="Check the repository name and revision") from error
     except (HfHubHTTPError, OSError) as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ ALLOWED_PICKLE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("builtins", "bytearray"),
         ("builtins", "slice"),
         ("builtins", "range"),
+        # Protocol 2 pickles encode bytes as _codecs.encode(str, "latin1"),
+        # which only converts text to bytes.
+        ("_codecs", "encode"),
         ("numpy", "dtype"),
         ("numpy", "ndarray"),
         *((module, name) for module in _NUMPY_MULTIARRAY for name in ("_reconstruct", "scalar")),
@@ -146,7 +150,9 @@ def load_checkpoint_safely(path: str | Path) -> dict:
         with torch.serialization.safe_globals(_checkpoint_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's message goes on to suggest weights_only=False; keep only the reason.
+        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand \d+|[^\n]*not an allowed global[^\n]*", str(error))
+        reason = match.group(0) if match else "the file contains objects other than tensors and allowed types"
         raise ModelError(f"checkpoint rejected by torch's weights-only loader: {reason}", path=path, hint=_TAMPER_HINT) from error
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise ModelError(f"invalid checkpoint: {error}", path=path, hint=_TAMPER_HINT) from error
