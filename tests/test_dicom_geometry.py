@@ -172,6 +172,7 @@ SIMPLEITK_CASES = {
     "descending": {"offsets": [0, -2.5, -5, -7.5]},
     "sagittal": {"row_cosine": (0, 1, 0), "column_cosine": (0, 0, -1)},
     "fractional slope": {"slope": 0.5, "intercept": -1000},
+    "duplicate position": {"duplicates": [1]},
 }
 
 

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ConversionResult:
-    """What a conversion wrote and what it read.
+    """Files written and values read by one conversion.
 
     ``deny_values`` are identifying values read from the input, kept only for
     the scan of outputs and never written anywhere.
@@ -196,7 +196,7 @@ def convert_nifti(
     The affine is the one nibabel reports as best (sform, else qform).
     Scaled data (scl_slope / scl_inter) is stored as int16 when every value
     is an integer within int16, else float32; unscaled data keeps its type.
-    ``deny_values`` holds the text of the source header and extensions.
+    ``deny_values`` contains the text of the source header and extensions.
     """
     import nibabel as nib
 
@@ -233,7 +233,7 @@ def convert_nifti(
 
 
 def _nifti_values(image) -> np.ndarray:
-    """Return the voxel values, scaled when the header says so, in the smallest exact type."""
+    """Return the voxel values, scaled when the header sets scl_slope / scl_inter, in the smallest exact type."""
     header = image.header
     slope, intercept = header.get_slope_inter()
     raw = np.asanyarray(image.dataobj.get_unscaled())

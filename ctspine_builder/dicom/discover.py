@@ -69,8 +69,8 @@ class Series:
 def discover_series(folder: str | Path, *, case_id: str | None = None) -> dict[str, Series]:
     """Scan ``folder`` recursively and return its image series by SeriesInstanceUID.
 
-    Raises ConversionError when the folder is missing, holds no DICOM file or
-    holds a file that starts like DICOM but cannot be parsed.
+    Raises ConversionError when the folder is missing, contains no DICOM file
+    or contains a file that starts like DICOM but cannot be parsed.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -114,10 +114,10 @@ def select_series(series: dict[str, Series], series_uid: str | None, folder: str
         return next(iter(with_images.values()))
     if not with_images:
         skipped = sum(found.skipped_images for found in series.values())
-        raise ConversionError(f"the folder holds DICOM files but no image series to convert "
+        raise ConversionError(f"the folder contains DICOM files but no image series to convert "
                               f"({skipped} localizer or non-image files skipped)", case_id=case_id, path=folder,
                               hint="Point to a folder with the axial CT series")
-    raise ConversionError(f"the folder holds {len(with_images)} image series:\n{_list_series(with_images)}",
+    raise ConversionError(f"the folder contains {len(with_images)} image series:\n{_list_series(with_images)}",
                           case_id=case_id, path=folder, hint="Choose one with --series UID")
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -44,7 +45,8 @@ SIDECAR_DICOM_KEYWORDS = (
 
 # A sidecar string must be a short token: letters, digits and a few separators.
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9 ._+\-/()]{1,64}$")
-# Eight digits in a row look like a date (YYYYMMDD), four dotted numbers like a UID.
+# Six or more digits in a row look like a date or time (YYYYMMDD, HHMMSS), and
+# four or more dotted numbers like a UID.
 _DATE_LIKE = re.compile(r"\d{6,}")
 _UID_LIKE = re.compile(r"\d+(\.\d+){3,}")
 
@@ -56,6 +58,7 @@ TEXT_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC", "AE"})
 # Values shorter than this are not collected; the verify scan skips them too,
 # because 1..3 character values match by chance.
 MIN_DENY_LENGTH = 4
+_SCANNED_VRS = IDENTIFYING_VRS | TEXT_VRS | {"CS", "SQ"}
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{4,}")
 _NUMBER = re.compile(r"^[-+]?\d*\.?\d+([eE][-+]?\d+)?$")
 
@@ -118,7 +121,7 @@ def build_sidecar(dataset: Dataset, *, geometry: str, pixel_spacing: tuple[float
         sidecar[keyword] = value
     unknown = set(sidecar) - SIDECAR_ALLOWED_KEYS
     if unknown:
-        raise AssertionError(f"sidecar keys outside the allow-list: {sorted(unknown)}")
+        raise RuntimeError(f"bug: sidecar keys outside the allow-list: {sorted(unknown)}")
     return sidecar
 
 
@@ -131,18 +134,18 @@ def write_sidecar(path: str | Path, sidecar: dict[str, Any]) -> None:
 def collect_deny_values(datasets: Iterable[Dataset]) -> set[str]:
     """Return the identifying values read from ``datasets``, for the scan of outputs.
 
-    Collected: every PN, DA, DT, TM and UI value, the values of free-text and
-    identifier elements (LO, SH, LT, ST, UT, UC, AE, such as PatientID,
-    InstitutionName, StationName, DeviceSerialNumber, AccessionNumber,
-    descriptions, comments and ProtocolName) except the allow-listed sidecar
-    fields, and every string inside private elements. Sequences are searched
+    Collected: every PN, DA, DT, TM and UI value, and every string inside
+    private elements. Also collected: the values of free-text and identifier
+    elements (LO, SH, LT, ST, UT, UC, AE), such as PatientID, InstitutionName,
+    StationName, DeviceSerialNumber, AccessionNumber, descriptions, comments
+    and ProtocolName, except the allow-listed sidecar fields. Sequences are searched
     too. Values shorter than MIN_DENY_LENGTH characters are left out.
     """
     identifying: set[str] = set()
     text: set[str] = set()
     allowed_values: set[str] = set()
     for dataset in datasets:
-        for element in dataset.iterall():
+        for element in _text_elements(dataset):
             if element.tag.is_private:
                 text.update(_private_strings(element.value))
             elif element.VR in IDENTIFYING_VRS:
@@ -153,12 +156,30 @@ def collect_deny_values(datasets: Iterable[Dataset]) -> set[str]:
                 text.update(_strings(element.value))
 
     # A bare number in free text or private data ("1024", "0.5") identifies
-    # nobody but matches sidecar numbers, and a value that is part of an
+    # no one but matches sidecar numbers, and a value that is part of an
     # allow-listed field (the Manufacturer "SIEMENS" repeated in a private
     # element) is published on purpose.
     text = {value for value in text
             if not _NUMBER.match(value) and not any(value.lower() in allowed for allowed in allowed_values)}
     return {value for value in identifying | text if len(value) >= MIN_DENY_LENGTH}
+
+
+def _text_elements(dataset: Dataset) -> Iterator[DataElement]:
+    """Yield the elements whose values may identify, descending into sequences.
+
+    Elements of other VRs (numbers, codes, binary data) stay unconverted,
+    which keeps this fast on headers with thousands of elements.
+    """
+    for tag in list(dataset.keys()):
+        raw_vr = dataset.get_item(tag).VR
+        if not (tag.is_private or raw_vr is None or raw_vr in _SCANNED_VRS):
+            continue
+        element = dataset[tag]
+        if element.VR == "SQ":
+            for item in element.value or []:
+                yield from _text_elements(item)
+        elif tag.is_private or element.VR in _SCANNED_VRS:
+            yield element
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -173,7 +194,7 @@ def _strings(value: Any) -> Iterable[str]:
 
 def _private_strings(value: Any) -> Iterable[str]:
     if isinstance(value, (bytes, bytearray)):
-        # Unknown private data: keep the printable ASCII runs, which hold any names or ids.
+        # Unknown private data: keep the printable ASCII runs, which contain any names or IDs.
         for run in _PRINTABLE_RUN.findall(bytes(value)):
             yield from (part.strip() for part in run.decode("ascii").split("\\") if part.strip())
         return

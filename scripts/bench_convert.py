@@ -1,0 +1,160 @@
+"""Benchmark of the convert stage: ctspine convert against dcm2niix and SimpleITK.
+
+Converts one DICOM series (default: the shared Siemens JPEG 2000 series) a
+few times with each tool, takes the median wall time of each and writes the
+"Conversion" section of docs/benchmarks.md.
+
+    python scripts/bench_convert.py [--dicom DIR] [--runs 5] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("CTSPINE_SHARED", REPO_ROOT.parent / "shared"))
+DEFAULT_DICOM = SHARED_DIR / "data" / "siemens-ct-jpeg2000" / "dicom"
+BENCHMARKS = REPO_ROOT / "docs" / "benchmarks.md"
+SECTION = "## Conversion"
+
+
+def median_seconds(action: Callable[[Path], None], runs: int, scratch: Path) -> float:
+    """Run ``action`` once to warm caches, then ``runs`` times, and return the median seconds."""
+    action(scratch / "warmup")
+    times = []
+    for run in range(runs):
+        target = scratch / f"run{run}"
+        start = time.perf_counter()
+        action(target)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ours(dicom: Path, geometry: str, workers: int = 1) -> Callable[[Path], None]:
+    """Return a library call of convert_series (imports already paid)."""
+    from ctspine_builder.dicom.convert import convert_series
+
+    def action(target: Path) -> None:
+        convert_series(dicom, target / "out.nii.gz", geometry=geometry, sidecar_path=target / "out.json",
+                       workers=workers)
+
+    return action
+
+
+def ours_cli(dicom: Path) -> Callable[[Path], None]:
+    """Return a run of the `ctspine convert` command, Python start-up and imports included."""
+    def action(target: Path) -> None:
+        command = shutil.which("ctspine") or str(Path(sys.executable).parent / "ctspine")
+        subprocess.run([command, "convert", str(dicom), str(target / "out.nii.gz")], check=True, capture_output=True)
+
+    return action
+
+
+def dcm2niix(dicom: Path, compress: str) -> Callable[[Path], None]:
+    """Return a run of dcm2niix with -z y (gzip) or -z n (no compression)."""
+    def action(target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dcm2niix", "-z", compress, "-f", "out", "-o", str(target), str(dicom)],
+                       check=True, capture_output=True)
+
+    return action
+
+
+def simpleitk(dicom: Path) -> Callable[[Path], None]:
+    """Return SimpleITK's series read and .nii.gz write, as the CTSpine1K authors converted."""
+    import SimpleITK as sitk
+
+    def action(target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        reader = sitk.ImageSeriesReader()
+        uid = reader.GetGDCMSeriesIDs(str(dicom))[0]
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dicom), uid))
+        sitk.WriteImage(reader.Execute(), str(target / "out.nii.gz"))
+
+    return action
+
+
+def measure(dicom: Path, runs: int) -> list[tuple[str, float]]:
+    """Return (tool, median seconds) for every tool available here."""
+    tools: list[tuple[str, Callable[[Path], None]]] = [
+        ("ctspine strict (library call)", ours(dicom, "strict")),
+        ("ctspine strict, 2 decode processes", ours(dicom, "strict", workers=2)),
+        ("ctspine simpleitk (library call)", ours(dicom, "simpleitk")),
+        ("`ctspine convert` command (start-up included)", ours_cli(dicom)),
+        ("SimpleITK 2.5 read + WriteImage .nii.gz", simpleitk(dicom)),
+    ]
+    if shutil.which("dcm2niix"):
+        tools += [("dcm2niix -z y", dcm2niix(dicom, "y")), ("dcm2niix -z n", dcm2niix(dicom, "n"))]
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, action in tools:
+            seconds = median_seconds(action, runs, Path(scratch) / str(len(results)))
+            print(f"{name}: {seconds:.3f} s", flush=True)
+            results.append((name, seconds))
+    return results
+
+
+def render(dicom: Path, runs: int, results: list[tuple[str, float]], load: float) -> str:
+    """Return the Markdown section with the command, machine and a table of medians."""
+    reference = dict(results).get("dcm2niix -z y")
+    lines = [
+        SECTION,
+        "",
+        f"Command: `python scripts/bench_convert.py --runs {runs}` on the shared Siemens series "
+        f"({len(list(dicom.iterdir()))} files, 512 x 512, JPEG 2000 lossless).",
+        f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
+        f"{platform.python_version()}. Other jobs shared the cores (1-minute load average {load:.1f} at the start), "
+        "so compare the ratios of one run rather than seconds across runs.",
+        f"Each figure is the median wall time of {runs} runs after one warm-up run.",
+        "",
+        "| tool | median s | time / dcm2niix -z y |",
+        "| --- | --- | --- |",
+    ]
+    for name, seconds in results:
+        ratio = f"{seconds / reference:.2f}" if reference else "n/a"
+        lines.append(f"| {name} | {seconds:.3f} | {ratio} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    """Replace the Conversion section of docs/benchmarks.md, keeping the others."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    BENCHMARKS.write_text(text)
+
+
+def main() -> None:
+    """Parse the options, measure and write the section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dicom", type=Path, default=DEFAULT_DICOM, help="DICOM series folder (default: shared)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per tool (default: 5)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    options = parser.parse_args()
+    if not options.dicom.is_dir():
+        sys.exit(f"DICOM folder not found: {options.dicom}; pass --dicom or set CTSPINE_SHARED")
+    load = os.getloadavg()[0]
+    results = measure(options.dicom, options.runs)
+    section = render(options.dicom, options.runs, results, load)
+    print(section)
+    if not options.no_write:
+        write_section(section)
+
+
+if __name__ == "__main__":
+    main()
