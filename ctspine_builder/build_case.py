@@ -29,7 +29,7 @@ STATUS_FAILED = "failed"
 
 @dataclass
 class CaseOutcome:
-    """What happened to one case in a build: its status, the reason and its entry."""
+    """Outcome of one case in a build: status, reason and build.json entry."""
 
     case_id: str
     status: str

@@ -48,7 +48,7 @@ FIRST_LABELS = (18, 19, 20)
 
 @dataclass
 class DemoSources:
-    """Where the demo's inputs were written."""
+    """Paths of the demo's inputs: root folder, manifest file and case ids."""
 
     root: Path
     manifest: Path

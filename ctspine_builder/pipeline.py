@@ -3,7 +3,8 @@
 `build` selects the cases, skips those whose inputs are unchanged since the
 last build into the same folder, builds the others (in worker processes
 with ``jobs`` > 1), reports each failed case without stopping the others,
-and finally writes the dataset-level files. `plan` answers `--dry-run`.
+and finally writes the dataset-level files. `plan` returns what
+`--dry-run` prints.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class BuildReport:
 
 @dataclass
 class CasePlan:
-    """What building one case would fetch and store, for `--dry-run`."""
+    """Downloads and disk space that building one case needs, for `--dry-run`."""
 
     case_id: str
     sources: list[SourcePlan]
@@ -81,25 +82,25 @@ def select_cases(
     splits: Iterable[str] | None = None,
 ) -> list[CaseRecord]:
     """Return the manifest's cases that match every given filter, in manifest order."""
-    wanted_ids = set(case_ids or ())
+    requested_ids = set(case_ids or ())
     known = {case.case_id for case in manifest.cases}
-    unknown = sorted(wanted_ids - known)
+    unknown = sorted(requested_ids - known)
     if unknown:
         raise ManifestError(
             f"case id(s) not in the manifest: {', '.join(unknown)}",
             hint="Check the spelling; `ctspine manifest stats` lists the manifest's subsets and splits.",
         )
-    wanted_splits = set(splits or ())
-    bad_splits = sorted(wanted_splits - set(SPLITS))
+    requested_splits = set(splits or ())
+    bad_splits = sorted(requested_splits - set(SPLITS))
     if bad_splits:
         raise ManifestError(f"unknown split(s): {', '.join(bad_splits)}", hint=f"Use one of: {', '.join(SPLITS)}.")
-    wanted_subsets = set(subsets or ())
+    requested_subsets = set(subsets or ())
     return [
         case
         for case in manifest.cases
-        if (not wanted_ids or case.case_id in wanted_ids)
-        and (not wanted_subsets or case.subset in wanted_subsets)
-        and (not wanted_splits or case.split in wanted_splits)
+        if (not requested_ids or case.case_id in requested_ids)
+        and (not requested_subsets or case.subset in requested_subsets)
+        and (not requested_splits or case.split in requested_splits)
     ]
 
 

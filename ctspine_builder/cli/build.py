@@ -33,8 +33,8 @@ def _print_plan(plans) -> bool:
     for column in ("case", "download", "disk", "what"):
         table.add_column(column)
     for case_plan in plans:
-        what = case_plan.error or "; ".join(plan.description for plan in case_plan.sources)
-        table.add_row(case_plan.case_id, format_bytes(case_plan.download_bytes), format_bytes(case_plan.disk_bytes), what)
+        details = case_plan.error or "; ".join(plan.description for plan in case_plan.sources)
+        table.add_row(case_plan.case_id, format_bytes(case_plan.download_bytes), format_bytes(case_plan.disk_bytes), details)
     console = Console()
     console.print(table)
     download = sum(plan.download_bytes for plan in plans)

@@ -26,8 +26,8 @@ def demo(ctx: click.Context, out_dir: Path, cases: int) -> None:
     """Generate a synthetic spine CT phantom, build it into a dataset and verify it.
 
     Uses no network. Each case is a 64 x 64 x 40 CT series written as DICOM
-    with three labelled vertebrae; the build converts, pairs, packages and
-    then runs the same checks as `ctspine verify`.
+    with three labelled vertebrae. The build converts, pairs and packages the
+    cases, and then the same checks as `ctspine verify` run on the result.
     """
     from ctspine_builder.demo import write_demo_sources
     from ctspine_builder.manifest.loader import load_manifest

@@ -55,8 +55,8 @@ def _warn_split_without_masks(entries: list[CaseEntry]) -> None:
     """Warn when one split has no masks at all while another split has some.
 
     NOTE: datasets 5.2's folder loader infers the type of mask_file_name per
-    metadata file; a split whose rows are all null gets type null and the
-    loader rejects the dataset ("different features"). Splits that mix cases
+    metadata file. A split whose rows are all null gets type null, and the
+    loader then rejects the dataset ("different features"). Splits that mix cases
     with and without masks load fine, with mask None for the latter.
     """
     with_mask = {entry.split for entry in entries if entry.has_mask}

@@ -3,8 +3,8 @@
 build.json records, per case, what was produced (content hashes of the
 decompressed NIfTI files), from which sources under which licences, and a
 fingerprint of the inputs. The next build reads it back to skip cases whose
-inputs are unchanged. It holds no timestamps and no machine paths, so two
-builds of the same inputs write the same bytes.
+inputs are unchanged. It contains no timestamps and no paths beyond those
+the manifest gives, so two builds of the same inputs write the same bytes.
 """
 from __future__ import annotations
 

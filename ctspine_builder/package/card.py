@@ -99,35 +99,23 @@ def _labels_section() -> list[str]:
     return ["## Labels", "", f"Masks are uint8 on the image's grid: 0 background, {pairs}.", ""]
 
 
-def render_card(
-    manifest: Manifest,
-    entries: list[CaseEntry],
-    sources: list[SourceRecord],
-    conflicts: list[str],
-    manifest_hash: str,
-    lock_sha256: str | None,
-) -> str:
-    """Return the full README.md dataset card."""
-    front = yaml.safe_dump(card_metadata(manifest, entries, sources), sort_keys=False, allow_unicode=True)
-    title = manifest.dataset.pretty_name or manifest.dataset.name
-    lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", ""]
-    if manifest.dataset.description:
-        lines += [manifest.dataset.description, ""]
-    lines += [
+def _loading_section(entries: list[CaseEntry]) -> list[str]:
+    splits = ", ".join(sorted({entry.split for entry in entries}, key=SPLITS.index))
+    return [
         "CT volumes (NIfTI, Hounsfield units) with vertebra label masks, one folder per split.",
         "",
         "```python",
         "from datasets import load_dataset",
         "",
-        'dataset = load_dataset("path/to/this/folder")  # splits: ' + ", ".join(sorted({e.split for e in entries}, key=SPLITS.index)),
+        f'dataset = load_dataset("path/to/this/folder")  # splits: {splits}',
         'sample = dataset[next(iter(dataset))][0]  # sample["image"] and sample["mask"] are nibabel images',
         "```",
         "",
     ]
-    lines += _sources_section(sources, entries, conflicts)
-    lines += _counts_section(entries)
-    lines += _labels_section()
-    lines += [
+
+
+def _provenance_section(manifest: Manifest, manifest_hash: str, lock_sha256: str | None) -> list[str]:
+    return [
         "## How it was built",
         "",
         f"- Tool: {TOOL_NAME} {__version__} (`ctspine build`)",
@@ -145,6 +133,28 @@ def render_card(
         "the label range, the licence files and the identifier policy.",
         "",
     ]
+
+
+def render_card(
+    manifest: Manifest,
+    entries: list[CaseEntry],
+    sources: list[SourceRecord],
+    conflicts: list[str],
+    manifest_hash: str,
+    lock_sha256: str | None,
+) -> str:
+    """Return the full README.md dataset card."""
+    front = yaml.safe_dump(card_metadata(manifest, entries, sources), sort_keys=False, allow_unicode=True)
+    title = manifest.dataset.pretty_name or manifest.dataset.name
+    lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", ""]
+    if manifest.dataset.description:
+        lines += [manifest.dataset.description, ""]
+
+    lines += _loading_section(entries)
+    lines += _sources_section(sources, entries, conflicts)
+    lines += _counts_section(entries)
+    lines += _labels_section()
+    lines += _provenance_section(manifest, manifest_hash, lock_sha256)
     if manifest.dataset.citation:
         lines += ["## Citation", "", manifest.dataset.citation, ""]
     return "\n".join(lines)

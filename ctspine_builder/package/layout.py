@@ -52,7 +52,7 @@ def canonical_json(value: object) -> bytes:
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` atomically unless the file already holds exactly it.
+    """Write ``data`` atomically unless the file already contains exactly it.
 
     Leaving an unchanged file alone keeps its mtime, so a re-run of a
     finished build changes nothing on disk. Returns True when it wrote.

@@ -1,9 +1,9 @@
 """Fetch stage: local folders of DICOM series and NIfTI files as sources.
 
-``local-dicom``: the source locator is a folder; a case's image locator is a
-sub-folder of it (a series folder, or a PatientID folder in the NBIA Data
-Retriever's PatientID/study/series layout, or any other nesting). With an
-empty locator the case id names the sub-folder. The converter groups the
+``local-dicom``: the source locator is a folder, and a case's image locator
+is a sub-folder of it. That sub-folder may be a series folder, a PatientID
+folder in the NBIA Data Retriever's PatientID/study/series layout, or any
+other nesting. With an empty locator the case id names the sub-folder. The converter groups the
 files it finds by SeriesInstanceUID.
 
 ``local-nifti``: the source locator is a folder and a case's locator is a
@@ -73,12 +73,12 @@ class _LocalSource:
     def _locate(self, case: CaseRecord, role: str) -> Path:
         raise NotImplementedError
 
-    def _missing(self, case: CaseRecord, path: Path, what: str) -> FetchError:
+    def _missing(self, case: CaseRecord, path: Path, description: str) -> FetchError:
         return FetchError(
-            f"{what} not found in local source {self.record.id!r}",
+            f"{description} not found in local source {self.record.id!r}",
             case_id=case.case_id,
             path=path,
-            hint=f"Place the {what} there, or fix the case's locator or the source's folder "
+            hint=f"Place the {description} there, or fix the case's locator or the source's folder "
             f"({self.root}) in the manifest.",
         )
 
