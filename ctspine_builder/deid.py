@@ -365,7 +365,7 @@ def _blank_allowed(text: str, allowed_ids: Iterable[str]) -> str:
     """Replace each allowed case id by spaces so that patterns skip it but positions stay.
 
     A case id counts only as a whole token: a longer UID that starts with a
-    case id (its study UID, say) is not blanked, so the UID pattern still sees it.
+    case id (its study UID, say) is not blanked, so the UID pattern still matches it.
     """
     pattern = _allowed_pattern(tuple(sorted(set(allowed_ids))))
     if pattern is None:
