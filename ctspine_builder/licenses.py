@@ -173,6 +173,9 @@ def check_tcia_license(
     )
 
 
+_CITATION_ID = re.compile(r"(?:doi:|arXiv:)(\S+?)\.?(?:\s|$)")
+
+
 def required_citations(record: SourceRecord) -> list[str]:
     """Return the citations a source's terms require, in the order to print them.
 
@@ -185,13 +188,21 @@ def required_citations(record: SourceRecord) -> list[str]:
         citations.append(record.citation)
     if record.doi and record.doi not in record.citation:
         citations.append(f"doi:{record.doi}")
+    extras: list[str] = []
     if record.doi.startswith(TCIA_DOI_PREFIX):
-        citations.append(TCIA_CITATION)
+        extras.append(TCIA_CITATION)
     if record.kind == "msd":
-        citations.extend(MSD_CITATIONS)
+        extras.extend(MSD_CITATIONS)
     if record.kind.startswith("masks"):
-        citations.append(CTSPINE1K_CITATION)
-    return list(dict.fromkeys(citations))
+        extras.append(CTSPINE1K_CITATION)
+    for extra in extras:
+        # A manifest citation or DOI that already names the paper's DOI or
+        # arXiv number covers it.
+        identifier = _CITATION_ID.search(extra)
+        key = identifier.group(1) if identifier else extra
+        if not any(key in citation for citation in citations):
+            citations.append(extra)
+    return citations
 
 
 def _describe_terms(info: LicenseInfo) -> str:

@@ -150,3 +150,17 @@ def test_conflicts_no_derivatives_and_unknown() -> None:
 def test_licenses_table_urls_unique() -> None:
     urls = [info.url for info in LICENSES.values()]
     assert len(urls) == len(set(urls))
+
+
+def test_required_citations_no_duplicates() -> None:
+    msd = SourceRecord(
+        id="msd", kind="msd", license="CC-BY-SA-4.0", doi="10.1038/s41467-022-30695-9",
+        citation="Antonelli et al., The Medical Segmentation Decathlon, doi:10.1038/s41467-022-30695-9",
+    )
+    citations = required_citations(msd)
+    assert citations == [msd.citation, MSD_CITATIONS[1]]
+    masks = SourceRecord(
+        id="masks", kind="masks-hf", license="CC-BY-NC-SA-4.0", doi="10.48550/arXiv.2105.14711",
+        citation="Deng et al. CTSpine1K.",
+    )
+    assert required_citations(masks) == ["Deng et al. CTSpine1K.", "doi:10.48550/arXiv.2105.14711"]

@@ -128,3 +128,19 @@ def test_build_html_mask_fails_one_case(tmp_path: Path, inputs) -> None:
     assert (out / "data" / "trainset" / "images" / "liver_0.nii.gz").is_file()
     assert not (out / "data" / "test_public" / "images" / "liver_150.nii.gz").exists()
     assert "Traceback" not in result.output
+
+
+def test_dry_run_sends_only_head(tmp_path: Path, inputs, monkeypatch) -> None:
+    from ctspine_builder.sources import msd as msd_module
+
+    monkeypatch.setattr(msd_module, "_PLANNED_ARCHIVES", set())
+    monkeypatch.setattr(msd_module, "_REMOTE_SIZES", {})
+    server, manifest, _ = inputs
+
+    result = _build(tmp_path, manifest, "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    assert [request.method for request in server.requests] == ["HEAD"]
+    assert "counted once" in result.output
+    assert not (tmp_path / "out").exists()
+    assert cache_files(tmp_path / "cache") == []

@@ -49,8 +49,10 @@ ARCHIVE_NAME = "Task03_Liver.tar"
 TASK03_IMAGE_COUNT = 201
 
 # Archives already counted by `plan` in this process, so a dry run counts
-# the shared tar once rather than once per case.
+# the shared tar once rather than once per case, and tar sizes by URL, so it
+# sends one HEAD request per tar.
 _PLANNED_ARCHIVES: set[str] = set()
+_REMOTE_SIZES: dict[str, int] = {}
 
 
 def _local_path(locator: str) -> Path | None:
@@ -98,6 +100,11 @@ class MsdSource:
         self.cache = Cache(context.cache_dir)
         self.keep_archive = bool(context.options.get("keep_archive", True))
         self.progress = bool(context.options.get("progress", True))
+
+    @property
+    def archive_algorithm(self) -> str:
+        """The cache algorithm name of the kept tar: ``md5`` when pinned, else ``url``."""
+        return "md5" if self.md5 else "url"
 
     @property
     def archive_key(self) -> str:
@@ -206,8 +213,8 @@ class MsdSource:
 
     def _extract_kept(self, needed: set[str], context: BuildContext, index: MemberIndex) -> None:
         """Download the tar into the cache (resuming a kept partial download), then extract from it."""
-        dest = self.cache.path_for("md5", self.archive_key, ".tar")
-        if self.cache.get("md5", self.archive_key, ".tar") is None:
+        dest = self.cache.path_for(self.archive_algorithm, self.archive_key, ".tar")
+        if self.cache.get(self.archive_algorithm, self.archive_key, ".tar") is None:
             download_file(
                 http_client(context), self.url, dest, md5=self.md5 or None, resume=True,
                 progress=self.progress, description=ARCHIVE_NAME,
@@ -292,11 +299,11 @@ class MsdSource:
         if self.tar_path is not None:
             size = self.tar_path.stat().st_size
             return SourcePlan(f"MSD image from {self.tar_path}", 0, size // TASK03_IMAGE_COUNT)
-        kept_archive = self.cache.get("md5", self.archive_key, ".tar")
+        kept_archive = self.cache.get(self.archive_algorithm, self.archive_key, ".tar")
         size = kept_archive.stat().st_size if kept_archive is not None else self._remote_size(context)
         download = 0
         if kept_archive is None and first:
-            partial = partial_path(self.cache.path_for("md5", self.archive_key, ".tar"))
+            partial = partial_path(self.cache.path_for(self.archive_algorithm, self.archive_key, ".tar"))
             resumed = partial.stat().st_size if self.keep_archive and partial.is_file() else 0
             download = size - resumed
         disk = size // TASK03_IMAGE_COUNT + (size if self.keep_archive and kept_archive is None and first else 0)
@@ -304,6 +311,8 @@ class MsdSource:
         return SourcePlan(f"MSD image from {redact_url(self.url)} ({shared})", download, disk)
 
     def _remote_size(self, context: BuildContext) -> int:
+        if self.url in _REMOTE_SIZES:
+            return _REMOTE_SIZES[self.url]
         response = http_client(context).request("HEAD", self.url, allow_redirects=True)
         with response:
             length = response.headers.get("Content-Length", "")
@@ -313,4 +322,5 @@ class MsdSource:
                     f"{'with' if length else 'without'} a usable Content-Length",
                     hint="Check the URL; the dry run needs the tar's size.",
                 )
+        _REMOTE_SIZES[self.url] = int(length)
         return int(length)
