@@ -230,3 +230,34 @@ def test_cli_help_names_defaults() -> None:
     assert "--geometry [strict|simpleitk]" in result.output
     assert "default: strict" in result.output
     assert "--series UID" in result.output
+
+
+def test_convert_nifti_float64_to_int16(tmp_path: Path) -> None:
+    data = (np.arange(4 * 5 * 6, dtype=np.float64).reshape(4, 5, 6) - 1024.0)
+    source = nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0]))
+    source.set_data_dtype(np.float64)
+    nib.save(source, tmp_path / "src.nii.gz")
+    result = convert_nifti(tmp_path / "src.nii.gz", tmp_path / "out.nii.gz")
+    assert result.dtype == "int16"
+    assert np.array_equal(np.asanyarray(nib.load(result.path).dataobj), data)
+
+
+def test_convert_nifti_scaled_source(tmp_path: Path) -> None:
+    data = np.linspace(-1024.3, 90000.7, 4 * 5 * 6).reshape(4, 5, 6)  # beyond int16, so nibabel scales
+    source = nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.0, 1.0]))
+    source.set_data_dtype(np.int16)  # nibabel stores int16 with scl_slope / scl_inter
+    nib.save(source, tmp_path / "src.nii.gz")
+    expected = nib.load(tmp_path / "src.nii.gz").get_fdata()
+    result = convert_nifti(tmp_path / "src.nii.gz", tmp_path / "out.nii.gz")
+    written = nib.load(result.path)
+    assert result.dtype in ("float32", "float64")
+    assert np.isnan(written.header["scl_slope"]) or written.header["scl_slope"] in (0, 1)
+    assert np.allclose(np.asanyarray(written.dataobj), expected, rtol=1e-7, atol=0)
+
+
+def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
+    info = dicomgen.write_series(tmp_path / "in", slices=8, compression="jpeg2000")
+    serial = convert_series(tmp_path / "in", tmp_path / "serial.nii.gz")
+    parallel = convert_series(tmp_path / "in", tmp_path / "parallel.nii.gz", workers=2)
+    assert serial.path.read_bytes() == parallel.path.read_bytes()
+    assert np.array_equal(load_volume(parallel.path), info.hu)

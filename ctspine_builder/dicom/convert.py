@@ -194,8 +194,8 @@ def convert_nifti(
     """Rewrite a source NIfTI with a clean header: same voxel values, same affine.
 
     The affine is the one nibabel reports as best (sform, else qform).
-    Scaled data (scl_slope / scl_inter) is stored as int16 when every value
-    is an integer within int16, else float32; unscaled data keeps its type.
+    Values stay the same, in the smallest type that represents them exactly
+    (int16 for most CT, whatever the source type or scaling was).
     ``deny_values`` contains the text of the source header and extensions.
     """
     import nibabel as nib
@@ -233,14 +233,25 @@ def convert_nifti(
 
 
 def _nifti_values(image) -> np.ndarray:
-    """Return the voxel values, scaled when the header sets scl_slope / scl_inter, in the smallest exact type."""
-    header = image.header
-    slope, intercept = header.get_slope_inter()
-    raw = np.asanyarray(image.dataobj.get_unscaled())
-    if slope in (None, 1.0) and intercept in (None, 0.0):
-        return raw
-    hu = to_hu(raw, float(slope if slope is not None else 1.0), float(intercept if intercept is not None else 0.0))
-    return hu.astype(np.int16) if fits_int16(hu) else hu.astype(np.float32)
+    """Return the voxel values, scaled when the header sets scl_slope / scl_inter, in the smallest exact type.
+
+    Float data whose values are all integers within int16 becomes int16, and
+    float64 data that float32 holds exactly becomes float32, so the values
+    stay identical while the file shrinks.
+    """
+    # nibabel moves scl_slope / scl_inter from the loaded header to the array proxy.
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    intercept = float(getattr(image.dataobj, "inter", 0.0))
+    values = np.asanyarray(image.dataobj.get_unscaled())
+    if slope != 1.0 or intercept != 0.0:
+        values = to_hu(values, slope, intercept)
+    if values.dtype.kind not in "fi" or values.dtype == np.int16:
+        return values
+    if fits_int16(values):
+        return values.astype(np.int16)
+    if values.dtype == np.float64 and np.array_equal(values.astype(np.float32), values):
+        return values.astype(np.float32)
+    return values
 
 
 def nifti_deny_values(header) -> set[str]:

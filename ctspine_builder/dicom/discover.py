@@ -155,7 +155,9 @@ def read_header(path: Path, *, case_id: str | None = None) -> Dataset | None:
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, defer_size=DEFER_SIZE)
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
-        raise ConversionError(f"unreadable DICOM file: {type(error).__name__}: {error}", case_id=case_id, path=path,
+        # Only the exception type is shown: pydicom's message may quote a header value.
+        raise ConversionError(f"unreadable DICOM file ({type(error).__name__} while parsing the header)",
+                              case_id=case_id, path=path,
                               hint="The file is damaged or truncated; download the series again") from error
     if str(dataset.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         return None
