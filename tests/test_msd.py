@@ -165,6 +165,21 @@ def test_no_keep_archive_stall_restarts(tmp_path: Path, served, images) -> None:
     assert path.read_bytes() == images["imagesTr/liver_0.nii.gz"]
 
 
+def test_kept_archive_stall_resumes(tmp_path: Path, served, images) -> None:
+    server, md5 = served
+    server.add_fault(TAR, Fault("stall", after_bytes=1_200_000))
+    manifest, context = _setup(tmp_path, server.url(TAR), md5, retries=1, read_timeout=0.5)
+
+    path = _fetch(manifest, context, "liver_0")
+
+    gets = _tar_gets(server)
+    assert len(gets) == 2
+    assert gets[0].range is None
+    assert gets[1].range is not None and gets[1].range.startswith("bytes=")
+    assert gets[1].status == 206
+    assert path.read_bytes() == images["imagesTr/liver_0.nii.gz"]
+
+
 @pytest.mark.parametrize("keep_archive", [True, False], ids=["kept", "streamed"])
 def test_wrong_md5_caches_nothing(tmp_path: Path, served, keep_archive: bool) -> None:
     server, _ = served
