@@ -250,7 +250,7 @@ def build(
     report.outcomes.sort(key=lambda outcome: order[outcome.case_id])
 
     entries = _dataset_entries(manifest, previous, report, {case.case_id for case in cases})
-    package_dataset(out_dir, manifest, entries, lock_sha256=options.get("lock_sha256"))
+    package_dataset(out_dir, manifest, entries, lock_sha256=lock_sha256(manifest, options))
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
     if verify:
         from ctspine_builder.verify import verify_dataset
@@ -260,6 +260,23 @@ def build(
         if not report.verification.ok:
             logger.error("verification of %s failed for: %s", out_dir, ", ".join(report.verification.failed_cases) or "dataset files")
     return report
+
+
+def lock_sha256(manifest: Manifest, options: dict) -> str | None:
+    """Return the SHA-256 of the lock file in use: the ``lock`` option, else lock.json beside the manifest.
+
+    NOTE: the lock's hash is recorded in build.json but is not part of the
+    case fingerprints, so a changed lock rebuilds a case only when its source
+    reports the change through ``input_fingerprint``.
+    """
+    from ctspine_builder.manifest.lock import default_lock_path
+
+    option = options.get("lock")
+    if isinstance(option, (str, Path)) and option:
+        path = Path(option)
+    else:
+        path = default_lock_path(manifest.root)
+    return sha256_file(path) if path.is_file() else None
 
 
 def _dataset_entries(

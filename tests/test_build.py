@@ -199,3 +199,16 @@ def test_final_verification_catches_leaked_value(sources, tmp_path):
     assert result.exit_code == 1
     assert f"Verification of {out} failed" in result.output
     assert "STATIONLEAK42" not in result.output
+
+
+def test_lock_hash_recorded_in_build_json(sources, tmp_path):
+    from ctspine_builder.fileio import sha256_file
+
+    lock = tmp_path / "my-lock.json"
+    lock.write_text('{"format": 1, "series": {}}\n')
+    out = tmp_path / "dataset"
+    result = run_build(sources.manifest, out, "--lock", str(lock))
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "build.json").read_text())
+    assert document["lock_sha256"] == sha256_file(lock)
+    assert sha256_file(lock) in (out / "README.md").read_text()

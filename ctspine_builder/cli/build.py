@@ -25,7 +25,17 @@ def format_bytes(count: int) -> str:
     return f"{size:.1f} TB"
 
 
-def _print_plan(plans) -> bool:
+def _free_bytes(folder: Path) -> int | None:
+    """Return the free space of the file system that will hold ``folder``, or None if unknown."""
+    import shutil
+
+    for candidate in (folder, *folder.resolve().parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return None
+
+
+def _print_plan(plans, out_dir: Path) -> bool:
     from rich.console import Console
     from rich.table import Table
 
@@ -41,6 +51,11 @@ def _print_plan(plans) -> bool:
     disk = sum(plan.disk_bytes for plan in plans)
     failed = [plan for plan in plans if plan.error]
     console.print(f"{len(plans)} case(s): download {format_bytes(download)}, disk space needed about {format_bytes(disk)}")
+    free = _free_bytes(out_dir)
+    if free is not None:
+        console.print(f"Free space where {out_dir} is: {format_bytes(free)}")
+        if free < disk:
+            console.print("[red]Not enough free space for this build.[/red]")
     if failed:
         console.print(f"[red]{len(failed)} case(s) cannot be planned; see the table[/red]")
     return not failed
@@ -84,12 +99,14 @@ def _print_summary(report) -> None:
               help="Base URL of the NBIA v4 REST API. Default: TCIA's public NBIA API.")
 @click.option("--concurrency", default=2, show_default=True, type=click.IntRange(min=1),
               help="Parallel HTTP downloads per network source.")
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Lock file that pins each TCIA case to one series. Default: lock.json beside the manifest, if present.")
 @click.option("--keep-archive/--no-keep-archive", default=True, show_default=True,
               help="Keep downloaded archives (the 29 GB MSD tar) in the cache so a stopped download resumes; "
               "with --no-keep-archive members are extracted while streaming and a stopped download starts over.")
 @click.pass_context
 def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits, jobs, dry_run, position,
-          cache_dir, nbia_url, concurrency, keep_archive) -> None:
+          cache_dir, nbia_url, concurrency, lock_path, keep_archive) -> None:
     """Build a dataset folder from a manifest: fetch, convert, de-identify, pair and package.
 
     Exits 1 when any case failed; the other cases are built and packaged.
@@ -104,11 +121,12 @@ def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits,
         "nbia_url": nbia_url,
         "concurrency": concurrency,
         "keep_archive": keep_archive,
+        "lock": lock_path,
     }
     filters = {"case_ids": _split_ids(case_ids), "subsets": subsets or None, "splits": splits or None}
     if dry_run:
         plans = pipeline.plan(manifest, options=options, **filters)
-        if not _print_plan(plans):
+        if not _print_plan(plans, out_dir):
             sys.exit(1)
         return
 
