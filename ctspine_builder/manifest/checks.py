@@ -175,7 +175,7 @@ class ManifestChecker:
 
         if source_id is not None:
             if not schema.SAFE_NAME_PATTERN.match(source_id):
-                self.add(file, record, "id", "invalid source id; use letters, digits, '.', '_' and '-' only")
+                self.add(file, record, "id", f"invalid source id {_quote(source_id)}; use letters, digits, '.', '_' and '-' only")
             elif source_id in places:
                 self.add(file, record, "id", f"duplicate source id {_quote(source_id)}; first defined at {places[source_id]}")
             else:

@@ -105,13 +105,15 @@ MASK_SOURCE_KINDS = frozenset({"local-nifti", "masks-folder", "masks-hf"})
 
 # Option keys that each documented kind reads from `sources[].options`. An
 # unknown key is reported, so a misspelt option is not silently ignored. A
-# kind missing from this table accepts any option keys.
+# kind registered by a plugin and missing from this table accepts any keys.
 SOURCE_OPTIONS = {
     "local-dicom": frozenset({"geometry", "series_uid"}),
     "local-nifti": frozenset(),
     "tcia": frozenset({"collection"}),
     "msd": frozenset({"md5", "archive", "folder"}),
     "covid19": frozenset({"base_url", "folder"}),
+    "masks-folder": frozenset({"folder"}),
+    "masks-hf": frozenset({"revision", "locator_base", "path_pattern", "endpoint"}),
 }
 
 # File names of the folder form: manifest.json plus any number of cases*.jsonl.
