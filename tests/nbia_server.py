@@ -1,9 +1,9 @@
 """A loopback stand-in for TCIA's NBIA REST API v4, for tests of the tcia source and `ctspine lock`.
 
 It serves getSeries, getSeriesMetadata, getImage and getMD5Hierarchy for
-series held in memory, with the real server's habits: JSON without null
-fields, an empty body for no match, HTTP 400 for unknown parameters or
-series, and getImage zips (DICOM files, LICENSE, md5hashes.csv) sent with
+series kept in memory, with the real server's habits. JSON leaves out null
+fields, no match gives an empty body, and unknown parameters or series get
+HTTP 400. getImage zips (DICOM files, LICENSE, md5hashes.csv) are sent with
 chunked transfer encoding and no Content-Length. Faults are switched on per
 test through `NbiaServer.faults`.
 """
@@ -102,9 +102,9 @@ def series_from_folder(
 class Faults:
     """Fault switches; each count is how many getImage (or every) requests it applies to."""
 
-    status_429: int = 0          # answer 429 with Retry-After
+    status_429: int = 0          # return 429 with Retry-After
     retry_after: str = "1"
-    status_500: int = 0          # answer 500
+    status_500: int = 0          # return 500
     reset_mid_body: int = 0      # send part of the zip, then reset the connection
     short_zip: int = 0           # a well-formed zip that lacks its last DICOM file
     wrong_md5: int = 0           # md5hashes.csv lists a wrong MD5 for one file

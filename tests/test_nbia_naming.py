@@ -117,7 +117,8 @@ def test_resolve_several_matches_is_an_error():
         resolve_hint(hint, [record(), twin])
     message = str(error.value)
     assert "2 series match" in message
-    assert "ImageCount 380" in message and "ImageCount 420" in message
+    assert "ImageCount 380" in message
+    assert "ImageCount 420" in message
 
 
 def test_resolve_several_matches_split_by_study_date():

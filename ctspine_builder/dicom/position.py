@@ -1,12 +1,12 @@
 """Select stage: classify a CT colonography series as prone or supine.
 
 CT COLONOGRAPHY patients were scanned twice, lying on the back (supine) and
-on the front (prone). The headers tell the two apart more reliably than the
-free-text description: PatientPosition (0018,5100) is HFP/FFP for prone and
-HFS/FFS for supine, and in ImageOrientationPatient (0020,0037) the column
+on the front (prone). The headers separate the two more reliably than the
+free-text description. PatientPosition (0018,5100) is HFP/FFP for prone and
+HFS/FFS for supine. In ImageOrientationPatient (0020,0037), the column
 cosine's y component points to the patient's posterior (+y in DICOM patient
-coordinates) when the patient lies supine and is displayed conventionally,
-and to the anterior (-y) when a prone patient is imaged without flipping.
+coordinates) for a supine patient shown the usual way, and to the anterior
+(-y) for a prone patient whose images were not flipped.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ POSITION_CHOICES = ("authors", "prone", "supine")
 
 _PATIENT_POSITIONS: dict[str, Position] = {"HFP": "prone", "FFP": "prone", "HFS": "supine", "FFS": "supine"}
 
-# A column cosine y component smaller than this in magnitude is an oblique or
-# sagittal plane, which says nothing about prone or supine.
+# A column cosine y component smaller than this in magnitude belongs to an
+# oblique or sagittal plane, which cannot separate prone from supine.
 _MIN_Y_COSINE = 0.5
 
 _PRONE_WORD = re.compile(r"\bprone\b", re.IGNORECASE)
@@ -80,7 +80,7 @@ def classify_position(
             # NOTE: chosen rule, not checked against every scanner in the
             # collection; such series are logged so that they can be reviewed.
             logger.warning(
-                "PatientPosition says %s but ImageOrientationPatient suggests %s; using PatientPosition",
+                "PatientPosition is %s but ImageOrientationPatient suggests %s; using PatientPosition",
                 from_header, from_orientation,
             )
         return PositionResult(from_header, "PatientPosition")

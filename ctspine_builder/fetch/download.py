@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -35,11 +36,63 @@ BODY_ERRORS = (
 
 HTML_PREFIXES = (b"<!doctype html", b"<html")
 
+# Written bytes between background fdatasync calls. Flushing while the body
+# still arrives leaves little for the fsync before the rename, which
+# otherwise took about 0.26 s for 256 MiB on the development machine.
+SYNC_EVERY_BYTES = 32 << 20
+
 
 class Progress(Protocol):
-    """What stream_response needs from a progress bar (tqdm fits)."""
+    """Progress bar interface used by stream_response; a tqdm bar fits it."""
 
     def update(self, n: int) -> object: ...
+
+
+class BackgroundSync:
+    """A thread that flushes a file being written to disk with fdatasync every ``every_bytes``.
+
+    Also a progress sink: `update(n)` counts bytes written and forwards them
+    to ``progress``. Use as a context manager around the writes.
+    """
+
+    def __init__(self, fd: int, progress: Progress | None = None, every_bytes: int = SYNC_EVERY_BYTES) -> None:
+        self.fd = fd
+        self.progress = progress
+        self.every_bytes = every_bytes
+        self._pending = 0
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="fdatasync", daemon=True)
+
+    def update(self, n: int) -> None:
+        """Count ``n`` written bytes and wake the thread once enough have piled up."""
+        if self.progress is not None:
+            self.progress.update(n)
+        self._pending += n
+        if self._pending >= self.every_bytes:
+            self._pending = 0
+            self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as error:  # the final fsync before the rename reports real failures
+                logger.debug("background fdatasync failed: %s", error)
+                return
+
+    def __enter__(self) -> BackgroundSync:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
 
 
 class BodyInterrupted(Exception):
@@ -124,7 +177,7 @@ def download_file(
 
     The body goes to ``dest.partial`` first. With ``resume``, a kept partial
     file is re-hashed and continued with a Range request; a server that
-    answers 200 instead of 206 gets a full download. A connection failure
+    returns 200 instead of 206 gets a full download. A connection failure
     during the body resumes up to ``client.retries`` times. The size, MD5
     and SHA-256, where given, are checked before the rename into place, so
     ``dest`` only ever holds a complete, verified file. An existing ``dest``
@@ -195,8 +248,8 @@ def _download_once(client, url, partial, md5, sha256, expected_size, progress, d
         with tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=description, disable=not progress, leave=False,
-        ) as bar, open(partial, "ab" if offset else "wb") as sink:
-            stream_response(response, sink, progress=bar, hashers=hashers.values())
+        ) as bar, open(partial, "ab" if offset else "wb") as sink, BackgroundSync(sink.fileno(), bar) as syncer:
+            stream_response(response, sink, progress=syncer, hashers=hashers.values())
     return hashers
 
 

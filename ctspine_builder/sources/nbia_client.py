@@ -1,12 +1,12 @@
 """Fetch stage: a client for TCIA's NBIA REST API v4 and checks of the series zips it sends.
 
-Server habits this client allows for (NBIA's v4 REST source): a query with
-no match may return HTTP 200 with an empty body instead of ``[]``; JSON
-leaves out fields whose value is null; getImage streams a zip with no
+The client allows for these habits of the NBIA v4 REST server. A query with
+no match may return HTTP 200 with an empty body instead of ``[]``. JSON
+leaves out fields whose value is null. getImage streams a zip with no
 Content-Length, and a failure on the server mid-stream can still end in a
 well-formed but short zip with HTTP 200, so every file's MD5 and the file
-count are checked; md5hashes.csv rows come in no fixed order; any parameter
-getImage does not know gets HTTP 400.
+count are checked. md5hashes.csv rows come in no fixed order. Any parameter
+that getImage does not know gets HTTP 400.
 """
 from __future__ import annotations
 

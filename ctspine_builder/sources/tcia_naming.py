@@ -12,7 +12,7 @@ builds those names from getSeries fields:
 
 Descriptions keep only ``[A-Za-z0-9 .-]`` after ``/`` becomes ``-``. The
 5-character suffixes are raw, dots included. StudyID and StudyDesc cannot be
-told apart in a folder name, so matching uses the suffixes and SeriesNumber
+separated in a folder name, so matching uses the suffixes and SeriesNumber
 first and then confirms the series description.
 """
 from __future__ import annotations
