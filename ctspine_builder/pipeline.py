@@ -8,7 +8,9 @@ and finally writes the dataset-level files. `plan` returns what
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,12 +22,12 @@ from pathlib import Path
 
 from ctspine_builder import __version__
 from ctspine_builder.build_case import STATUS_FAILED, STATUS_UNCHANGED, CaseOutcome, build_case
-from ctspine_builder.errors import CtspineError, ManifestError
+from ctspine_builder.errors import CtspineError, ManifestError, PackagingError
 from ctspine_builder.fileio import PARTIAL_SUFFIX, sha256_file
 from ctspine_builder.manifest.model import SPLITS, CaseRecord, Manifest
 from ctspine_builder.package import package_dataset
 from ctspine_builder.package.buildinfo import CaseEntry, read_entries
-from ctspine_builder.package.layout import STAGING_DIR, SUMS_FILE
+from ctspine_builder.package.layout import BUILD_FILE, STAGING_DIR, SUMS_FILE
 from ctspine_builder.sources.base import BuildContext, SourcePlan, open_source
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 # are part of a case's input fingerprint. The others (cache_dir, nbia_url, concurrency,
 # keep_archive) change only how the inputs arrive.
 CONTENT_OPTIONS = {"position": "authors"}
+
+# Held with flock for the whole build, so two builds never write one folder.
+LOCK_FILE = ".ctspine-build.lock"
 
 
 @dataclass
@@ -151,6 +156,44 @@ def _is_intact(out_dir: Path, entry: CaseEntry, sums: dict[str, str]) -> bool:
     return True
 
 
+def _check_target(out_dir: Path) -> None:
+    """Raise PackagingError when ``out_dir`` holds files but no earlier build.
+
+    Writing a dataset into an unrelated folder would list its files in
+    SHA256SUMS and publish them, so only an empty folder or an earlier
+    build's folder is accepted.
+    """
+    if not out_dir.is_dir() or (out_dir / BUILD_FILE).is_file():
+        return
+    visible = [p.name for p in out_dir.iterdir() if not p.name.startswith(".")]
+    if visible:
+        raise PackagingError(
+            f"output folder is not empty and holds no earlier build ({len(visible)} entries, e.g. {sorted(visible)[0]})",
+            path=out_dir,
+            hint="Choose an empty or new folder for --out, or the folder of an earlier build.",
+        )
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path):
+    """Hold an exclusive lock on ``out_dir`` for one build, and remove it afterwards."""
+    path = out_dir / LOCK_FILE
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PackagingError(
+                "another build is writing into this folder",
+                path=out_dir,
+                hint="Wait for it to finish, or build into another folder.",
+            ) from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _clean_leftovers(out_dir: Path) -> None:
     """Remove the staging folder and partial files that a stopped build left behind."""
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
@@ -217,12 +260,30 @@ def build(
     ``verify`` the finished folder is checked as `ctspine verify` does,
     searching every file for the identifying values read in this run.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     options = dict(options or {})
     cases = select_cases(manifest, case_ids, subsets, splits)
+    _check_target(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out_dir):
+        report = _build_locked(manifest, out_dir, cases, options, progress, jobs)
+    if verify:
+        from ctspine_builder.verify import verify_dataset
+
+        deny_values = set().union(*(outcome.deny_values for outcome in report.outcomes))
+        report.verification = verify_dataset(out_dir, deny_values=deny_values)
+        if not report.verification.ok:
+            failed = ", ".join(report.verification.failed_cases) or "dataset files"
+            logger.error("verification of %s failed for: %s", out_dir, failed)
+    return report
+
+
+def _build_locked(
+    manifest: Manifest, out_dir: Path, cases: list[CaseRecord], options: dict, progress: bool, jobs: int
+) -> BuildReport:
+    """Build and package ``cases`` while the caller holds the folder's build lock."""
+    from tqdm import tqdm
+
     _clean_leftovers(out_dir)
     previous = read_entries(out_dir)
     sums = _read_sums(out_dir)
@@ -252,13 +313,6 @@ def build(
     entries = _dataset_entries(manifest, previous, report, {case.case_id for case in cases})
     package_dataset(out_dir, manifest, entries, lock_sha256=lock_sha256(manifest, options))
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
-    if verify:
-        from ctspine_builder.verify import verify_dataset
-
-        deny_values = set().union(*(outcome.deny_values for outcome in report.outcomes))
-        report.verification = verify_dataset(out_dir, deny_values=deny_values)
-        if not report.verification.ok:
-            logger.error("verification of %s failed for: %s", out_dir, ", ".join(report.verification.failed_cases) or "dataset files")
     return report
 
 

@@ -212,3 +212,27 @@ def test_lock_hash_recorded_in_build_json(sources, tmp_path):
     document = json.loads((out / "build.json").read_text())
     assert document["lock_sha256"] == sha256_file(lock)
     assert sha256_file(lock) in (out / "README.md").read_text()
+
+
+def test_unrelated_nonempty_folder_rejected(sources, tmp_path):
+    out = tmp_path / "holiday-photos"
+    out.mkdir()
+    (out / "beach.jpg").write_bytes(b"jpeg")
+    result = run_build(sources.manifest, out)
+    assert result.exit_code == 1
+    assert "output folder is not empty and holds no earlier build" in result.output
+    assert "beach.jpg" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["beach.jpg"]
+
+
+def test_concurrent_build_rejected(sources, tmp_path):
+    import fcntl
+
+    out = tmp_path / "dataset"
+    out.mkdir()
+    with open(out / ".ctspine-build.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        result = run_build(sources.manifest, out)
+    assert result.exit_code == 1
+    assert "another build is writing into this folder" in result.output
+    assert not (out / "build.json").exists()
