@@ -87,6 +87,16 @@ def test_build_succeeds(built):
     assert (out / f"data/trainset/images/{CASE_ID}.nii.gz").is_file()
 
 
+def test_rerun_changes_nothing(built):
+    out, manifest_path, _ = built
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+    result = CliRunner().invoke(main, ["-q", "build", "--manifest", str(manifest_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 unchanged" in result.output
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before
+
+
 def test_verify_passes(built):
     out, manifest_path, _ = built
     result = CliRunner().invoke(main, ["verify", str(out), "--manifest", str(manifest_path)])
