@@ -215,6 +215,11 @@ def _fingerprints(
                 error.case_id = case.case_id
             logger.error("%s", error.format())
             failures.append(CaseOutcome(case.case_id, STATUS_FAILED, error.format()))
+        except OSError as error:
+            # An unreadable input file (permissions, I/O error) fails this case only.
+            reason = f"cannot read the case's input: {error}"
+            logger.error("case %s: %s", case.case_id, reason)
+            failures.append(CaseOutcome(case.case_id, STATUS_FAILED, reason))
     return fingerprints, failures
 
 
@@ -263,6 +268,10 @@ def build(
     out_dir = Path(out_dir)
     options = dict(options or {})
     cases = select_cases(manifest, case_ids, subsets, splits)
+    # Sources that fetch many cases at once (the MSD tar) fetch only these,
+    # and download progress bars follow the build's.
+    options.setdefault("selected_case_ids", [case.case_id for case in cases])
+    options.setdefault("progress", progress)
     _check_target(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(out_dir):

@@ -82,6 +82,16 @@ def test_kept_archive_extracts_once(tmp_path: Path, served, images) -> None:
     assert not [name for name in cache_files(tmp_path / "cache") if name.endswith(".partial")]
 
 
+def test_selected_cases_only_extracted(tmp_path: Path, served, images) -> None:
+    server, md5 = served
+    manifest, context = _setup(tmp_path, server.url(TAR), md5, selected_case_ids=["liver_150"])
+
+    path = _fetch(manifest, context, "liver_150")
+
+    assert path.read_bytes() == images["imagesTs/liver_150.nii.gz"]
+    assert len(_cached_images(tmp_path)) == 1
+
+
 def test_kept_archive_second_build_offline(tmp_path: Path, served, images) -> None:
     server, md5 = served
     manifest, context = _setup(tmp_path, server.url(TAR), md5)

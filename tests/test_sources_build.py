@@ -115,6 +115,17 @@ def test_build_from_tar_folder_and_masks(tmp_path: Path, inputs, keep: str) -> N
     assert len(tars) == (1 if keep == "--keep-archive" else 0)
 
 
+def test_build_one_case_extracts_one_image(tmp_path: Path, inputs) -> None:
+    _, manifest, _ = inputs
+
+    result = _build(tmp_path, manifest, "--cases", "liver_150", "--no-keep-archive")
+
+    assert result.exit_code == 0, result.output
+    cached = [name for name in cache_files(tmp_path / "cache") if name.startswith("sha256/")]
+    assert len(cached) == 1
+    assert (tmp_path / "out" / "data" / "test_public" / "images" / "liver_150.nii.gz").is_file()
+
+
 def test_build_html_mask_fails_one_case(tmp_path: Path, inputs) -> None:
     _, manifest, masks = inputs
     (masks / "MSD-T10" / "liver_150_seg.nii.gz").write_bytes(HTML_PAGE)

@@ -23,10 +23,11 @@ from urllib.parse import quote, unquote, urlsplit
 from ctspine_builder.errors import FetchError
 from ctspine_builder.fetch.cache import Cache
 from ctspine_builder.fetch.download import download_file
-from ctspine_builder.fetch.http import HttpClient, redact_url
+from ctspine_builder.fetch.http import redact_url
 from ctspine_builder.manifest.model import CaseRecord, Manifest, SourceRecord
 from ctspine_builder.sources.base import BuildContext, FetchedImage, SourcePlan, register_source_kind
 from ctspine_builder.sources.file_checks import check_nifti_file
+from ctspine_builder.sources.msd import http_client
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,6 @@ def _local_path(locator: str) -> Path | None:
     if parts.scheme in ("http", "https") or not locator:
         return None
     return Path(locator).expanduser()
-
-
-def http_client(context: BuildContext) -> HttpClient:
-    """Return the build's HTTP client (build option ``http_client``), or a new default client."""
-    client = context.options.get("http_client")
-    return client if client is not None else HttpClient()
 
 
 @register_source_kind("covid19")

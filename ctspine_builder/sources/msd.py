@@ -36,6 +36,7 @@ from ctspine_builder.sources.msd_extract import (
     extract_members,
     member_key,
 )
+from ctspine_builder.sources.tcia import make_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ def _local_path(locator: str) -> Path | None:
 
 
 def http_client(context: BuildContext) -> HttpClient:
-    """Return the build's HTTP client (build option ``http_client``), or a new default client."""
+    """Return the HTTP client in build option ``http_client``, else one made from the build's HTTP options."""
     client = context.options.get("http_client")
-    return client if client is not None else HttpClient()
+    return client if client is not None else make_http_client(context)
 
 
 @register_source_kind("msd")
@@ -187,11 +188,19 @@ class MsdSource:
         return None
 
     def _needed_keys(self, context: BuildContext) -> set[str]:
-        """Return every member key the manifest needs from this source and the cache lacks."""
+        """Return the member keys that this build's cases need from this source and the cache lacks.
+
+        The build's cases are those in option ``selected_case_ids`` when it
+        is set, else every case of the manifest.
+        """
         index = MemberIndex.load(self.cache, self.archive_key)
+        selected = context.options.get("selected_case_ids")
+        selected_ids = set(selected) if selected is not None else None
         needed: set[str] = set()
         for case in context.manifest.cases:
             if case.image.source != self.record.id:
+                continue
+            if selected_ids is not None and case.case_id not in selected_ids:
                 continue
             keys = self.candidate_keys(case)
             if not any(index.cached_path(self.cache, key) for key in keys):
