@@ -25,6 +25,9 @@ MAX_LABEL = 25
 # is at least a fraction of a voxel, hundreds of times larger.
 DEFAULT_TOLERANCE_MM = 1e-3
 
+# Voxels counted per np.bincount call in `label_counts` (4 Mi voxels: 32 MiB of intp).
+BINCOUNT_BLOCK = 1 << 22
+
 # How many unexpected label values an error message lists before it counts the rest.
 MAX_LISTED_VALUES = 10
 
@@ -54,8 +57,27 @@ def geometry_summary(image: nib.spatialimages.SpatialImage) -> str:
 
 def label_counts(data: np.ndarray) -> dict[int, int]:
     """Return the voxel count of each label value present in an integer mask array."""
-    values, counts = np.unique(data, return_counts=True)
+    values, counts = _unique_counts(data)
     return {int(value): int(count) for value, count in zip(values, counts)}
+
+
+def _unique_counts(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the sorted distinct values of ``data`` and their counts.
+
+    Integer masks with values in 0..255 are counted with bincount, which is
+    several times faster than np.unique's sort on a whole CT-sized mask.
+    """
+    if data.size and np.issubdtype(data.dtype, np.integer):
+        low, high = int(data.min()), int(data.max())
+        if low >= 0 and high <= 255:
+            # bincount casts to intp, so count in blocks to keep that copy small.
+            flat = data.ravel(order="K")  # no copy for the Fortran-ordered arrays nibabel returns
+            counts = np.zeros(high + 1, dtype=np.int64)
+            for start in range(0, flat.size, BINCOUNT_BLOCK):
+                counts += np.bincount(flat[start : start + BINCOUNT_BLOCK], minlength=high + 1)
+            values = np.flatnonzero(counts)
+            return values.astype(data.dtype), counts[values]
+    return np.unique(data, return_counts=True)
 
 
 def check_labels(data: np.ndarray, *, case_id: str | None = None, path: str | Path | None = None) -> np.ndarray:
@@ -64,7 +86,7 @@ def check_labels(data: np.ndarray, *, case_id: str | None = None, path: str | Pa
     Raises PairingError listing the unexpected values: non-integer values
     (for example 1.5 or NaN in a float mask) and values outside 0..25.
     """
-    values = np.unique(data)
+    values, _ = _unique_counts(data)
     if np.issubdtype(values.dtype, np.floating):
         fractional = values[~np.isfinite(values) | (values != np.round(values))]
         if fractional.size:
