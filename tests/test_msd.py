@@ -307,6 +307,20 @@ def test_extracted_folder_accepted(tmp_path: Path, images, level: str) -> None:
     assert cache_files(tmp_path / "cache") == []
 
 
+def test_extracted_folder_truncated_image(tmp_path: Path, images) -> None:
+    folder = tmp_path / "Task03_Liver"
+    path = folder / "imagesTr" / "liver_0.nii.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(images["imagesTr/liver_0.nii.gz"][:20_000])
+    manifest, context = _setup(tmp_path, str(folder), "", case_ids=("liver_0",))
+
+    with pytest.raises(FetchError) as excinfo:
+        _fetch(manifest, context, "liver_0")
+    message = str(excinfo.value)
+    assert "case liver_0" in message
+    assert "image file is a truncated or corrupt gzip" in message
+
+
 def test_case_not_in_archive(tmp_path: Path, served) -> None:
     server, md5 = served
     manifest, context = _setup(tmp_path, server.url(TAR), md5, case_ids=("liver_0", "liver_199"))

@@ -29,6 +29,7 @@ from ctspine_builder.fetch.download import BodyInterrupted, download_file, parti
 from ctspine_builder.fetch.http import HttpClient, redact_url
 from ctspine_builder.manifest.model import CaseRecord, SourceRecord
 from ctspine_builder.sources.base import BuildContext, FetchedImage, SourcePlan, register_source_kind
+from ctspine_builder.sources.file_checks import check_nifti_file
 from ctspine_builder.sources.msd_extract import (
     IMAGE_FOLDERS,
     MemberIndex,
@@ -44,6 +45,8 @@ DEFAULT_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task03_Liver.tar
 # The MD5 that MONAI checks for the tar at DEFAULT_URL.
 DEFAULT_MD5 = "a90ec6c4aa7f6a3d087205e23d4e6397"
 ARCHIVE_NAME = "Task03_Liver.tar"
+
+FOLDER_HTML_HINT = "Replace it with the file from the Task03_Liver tar, or point the source at the tar."
 
 # Task03_Liver has 201 images (131 in imagesTr, 70 in imagesTs), used to
 # estimate one image's share of the tar for --dry-run.
@@ -130,7 +133,12 @@ class MsdSource:
 
     def fetch_image(self, case: CaseRecord, context: BuildContext) -> FetchedImage:
         """Return the case's NIfTI image, extracting the build's MSD images from the tar first if needed."""
-        key, path = self._find_in_folder(case) if self.folder else self._find_in_cache(case, context)
+        if self.folder is not None:
+            # Files extracted by hand have no MD5 to vouch for them, so check them here.
+            key, path = self._find_in_folder(case)
+            check_nifti_file(path, case_id=case.case_id, file_role="image", html_hint=FOLDER_HTML_HINT)
+        else:
+            key, path = self._find_in_cache(case, context)
         logger.debug("case %s: MSD image %s at %s", case.case_id, key, path)
         return FetchedImage(
             case_id=case.case_id,
