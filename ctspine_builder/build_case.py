@@ -49,6 +49,7 @@ class _Staged:
     sidecar: Path
     deny_values: set[str]
     position: str | None
+    mask_applies: bool = True
 
 
 def _convert(fetched: FetchedImage, out_path: Path, sidecar_path: Path, case_id: str):
@@ -81,8 +82,10 @@ def _stage(manifest: Manifest, case: CaseRecord, context: BuildContext, staging:
     result = _convert(fetched, image_path, sidecar_path, case.case_id)
     deny_values = set(getattr(result, "deny_values", None) or ())
 
+    # A position variant (another series than the authors') has no mask.
+    mask_applies = fetched.provenance.get("mask_applies", True)
     mask_path = None
-    if case.mask is not None:
+    if case.mask is not None and mask_applies:
         mask_source = open_source(manifest.sources[case.mask.source], context)
         source_mask = mask_source.fetch_mask(case, context)
         logger.info("case %s: pairing mask", case.case_id)
@@ -90,7 +93,7 @@ def _stage(manifest: Manifest, case: CaseRecord, context: BuildContext, staging:
         pair_mask(image_path, source_mask, mask_path, case_id=case.case_id)
 
     position = fetched.provenance.get("position")
-    return _Staged(image_path, mask_path, sidecar_path, deny_values, position)
+    return _Staged(image_path, mask_path, sidecar_path, deny_values, position, mask_applies)
 
 
 def _scan(case_id: str, staging: Path, deny_values: set[str]) -> None:
@@ -143,8 +146,9 @@ def _move_into_place(out_dir: Path, case: CaseRecord, staged: _Staged) -> tuple[
 def _make_entry(manifest: Manifest, case: CaseRecord, fingerprint: str, staged: _Staged) -> CaseEntry:
     image_sha = sha256_content(staged.image)
     mask_sha = sha256_content(staged.mask) if staged.mask else None
-    _check_pins(case, image_sha, mask_sha)
-    mask_record = manifest.sources[case.mask.source] if case.mask else None
+    if staged.mask_applies:  # pins describe the authors' series, not a position variant
+        _check_pins(case, image_sha, mask_sha)
+    mask_record = manifest.sources[case.mask.source] if case.mask and staged.mask else None
     return CaseEntry(
         case_id=case.case_id,
         subset=case.subset,

@@ -33,6 +33,22 @@ DEFAULT_CONCURRENCY = 2
 # because NBIA can end a failed stream with a well-formed short zip.
 ZIP_ATTEMPTS = 2
 
+# The build opens a new source object for every case, so the download limit
+# is kept per process, keyed by NBIA base URL and limit.
+# NOTE: with `--jobs N` each worker process has its own limit, so up to
+# N x concurrency getImage requests can run at once.
+_DOWNLOAD_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_DOWNLOAD_SLOTS_GUARD = threading.Lock()
+
+
+def download_slots(base_url: str, concurrency: int) -> threading.BoundedSemaphore:
+    """Return the process-wide semaphore that limits parallel getImage downloads from one server."""
+    with _DOWNLOAD_SLOTS_GUARD:
+        key = (base_url, concurrency)
+        if key not in _DOWNLOAD_SLOTS:
+            _DOWNLOAD_SLOTS[key] = threading.BoundedSemaphore(concurrency)
+        return _DOWNLOAD_SLOTS[key]
+
 
 def patient_id_for(case: CaseRecord) -> str:
     """Return the case's TCIA PatientID: the first part of its folder hint, else its image locator."""
@@ -64,7 +80,8 @@ class TciaSource:
         self.position = context.options.get("position", "authors")
         if self.position not in POSITION_CHOICES:
             raise FetchError(f"unknown position {self.position!r}", hint=f"Use one of: {', '.join(POSITION_CHOICES)}.")
-        self._downloads = threading.BoundedSemaphore(int(context.options.get("concurrency") or DEFAULT_CONCURRENCY))
+        concurrency = int(context.options.get("concurrency") or DEFAULT_CONCURRENCY)
+        self._downloads = download_slots(self.client.base_url, concurrency)
         self._lock_option = context.options.get("lock")
         self._lock: Lock | None | bool = False  # False: not looked up yet
         self._license_error: FetchError | None = None
