@@ -177,3 +177,20 @@ def test_build_uses_lock_and_detects_changed_series(tmp_path, two_patients):
     context = make_context(tmp_path / "again", server, manifest)
     with pytest.raises(FetchError, match="The series changed on the server since the lock was made"):
         open_source(manifest.sources[SOURCE_ID], context).fetch_image(manifest.case("CTC-0001"), context)
+
+
+def test_cli_lock_splits_twins_by_study_id(tmp_path):
+    first = make_series(tmp_path, "CTC-0001", study_id="7781")
+    twin = make_series(tmp_path, "CTC-0001", seed=1, study_id="9999")
+    # Same SeriesNumber, description, date and UID suffixes: only StudyID tells them apart.
+    first.series_uid = "1.2.826.0.1.3680043.8.498.7712.1.50.4.1"
+    twin.series_uid = "1.2.826.0.1.3680043.8.498.7712.2.50.4.1"
+    first.study_uid = "1.2.826.0.1.3680043.8.498.7712.3.1240"
+    twin.study_uid = "1.2.826.0.1.3680043.8.498.7712.4.1240"
+    with NbiaServer([twin, first]) as server:
+        hint = "CTC-0001/06-04-2001-7781-STUDY-.1240/3.000000-SERIES-0.4.1"
+        manifest = write_manifest_file(tmp_path, [case_entry(first, hint)])
+        result = CliRunner().invoke(main, ["lock", "--manifest", str(manifest), "--nbia-url", server.url])
+        assert result.exit_code == 0, result.output
+        assert server.count("getSeriesMetadata") == 1
+    assert load_lock(tmp_path / "lock.json").get("CTC-0001").series_instance_uid == first.series_uid

@@ -125,3 +125,19 @@ def test_resolve_several_matches_split_by_study_date():
     twin = record(StudyInstanceUID="1.3.6.1.4.1.9328.50.4.55555.1240", StudyDate="2002-01-01 00:00:00.0")
     hint = "CTC-1/06-04-2001-.1240/4.000000-Colon 1.0 B30f Adult-0.4.1"
     assert resolve_hint(hint, [twin, record()])["StudyInstanceUID"] == STUDY_UID
+
+
+def test_resolve_several_matches_split_by_study_id():
+    twin_uid = "1.3.6.1.4.1.9328.50.4.11110.4.1"  # same suffix "0.4.1", another study with the same suffix
+    twin = record(SeriesInstanceUID=twin_uid, StudyInstanceUID="1.3.6.1.4.1.9328.50.4.55555.1240")
+    metadata = {SERIES_UID: {"StudyID": "7781"}, twin_uid: {"StudyID": "9999"}}
+    looked_up: list[list[str]] = []
+
+    def study_ids(uids: list[str]) -> dict:
+        looked_up.append(uids)
+        return {uid: metadata[uid] for uid in uids}
+
+    hint = "CTC-1/06-04-2001-7781-AbdomenCTC-.1240/4.000000-Colon 1.0 B30f Adult-0.4.1"
+    chosen = resolve_hint(hint, [twin, record()], study_ids=study_ids)
+    assert chosen["SeriesInstanceUID"] == SERIES_UID
+    assert len(looked_up) == 1

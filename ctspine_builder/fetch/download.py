@@ -176,9 +176,10 @@ def download_file(
     """Download ``url`` to ``dest``, verify it, and return ``dest``.
 
     The body goes to ``dest.partial`` first. With ``resume``, a kept partial
-    file is re-hashed and continued with a Range request; a server that
+    file is re-hashed and continued with a Range request. A server that
     returns 200 instead of 206 gets a full download. A connection failure
-    during the body resumes up to ``client.retries`` times. The size, MD5
+    during the body resumes up to ``client.retries`` times (from zero
+    without ``resume``). The size, MD5
     and SHA-256, where given, are checked before the rename into place, so
     ``dest`` only ever holds a complete, verified file. An existing ``dest``
     that passes the checks is returned without a request.

@@ -152,7 +152,8 @@ class TciaSource:
             if not case.series_hint:
                 raise FetchError("case has no series_hint and the lock file has no entry for it",
                                  case_id=case.case_id, hint="Add the folder hint to the manifest or run `ctspine lock`.")
-            chosen = resolve_hint(case.series_hint, series_list, case_id=case.case_id)
+            chosen = resolve_hint(case.series_hint, series_list, case_id=case.case_id,
+                                  study_ids=self.client.get_series_metadata)
         self._check_license(case, chosen)
         uid = str(chosen["SeriesInstanceUID"])
         expected_md5 = locked.series_md5 if locked is not None else self.client.get_md5_hierarchy(uid)

@@ -45,7 +45,8 @@ def lock_case(manifest: Manifest, client: NbiaClient, case: CaseRecord) -> Locke
         raise FetchError("case has no series_hint to resolve", case_id=case.case_id,
                          hint="Add the NBIA Data Retriever folder (PatientID/study/series) to the manifest.")
     patient_id = case.series_hint.split("/", 1)[0]
-    series = resolve_hint(case.series_hint, client.get_series(collection, patient_id), case_id=case.case_id)
+    series = resolve_hint(case.series_hint, client.get_series(collection, patient_id), case_id=case.case_id,
+                          study_ids=client.get_series_metadata)
     try:
         check_tcia_license(source.id, source.license, series.get("LicenseName"), series.get("LicenseURI"))
     except FetchError as error:

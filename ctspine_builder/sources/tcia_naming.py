@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ctspine_builder.errors import FetchError
@@ -144,6 +145,11 @@ def match_series(hint: FolderHint, series_list: list[dict]) -> list[dict]:
     return candidates
 
 
+def _study_id_of(metadata: dict | None) -> dict:
+    study_id = (metadata or {}).get("StudyID")
+    return {"StudyID": study_id} if study_id else {}
+
+
 def describe_candidates(series_list: list[dict]) -> str:
     """Return one line per series for an error message: number, UID, suffixes and image count."""
     lines = []
@@ -158,10 +164,26 @@ def describe_candidates(series_list: list[dict]) -> str:
     return "\n".join(lines) if lines else "  (the patient has no series)"
 
 
-def resolve_hint(hint_text: str, series_list: list[dict], *, case_id: str | None = None) -> dict:
-    """Return the single getSeries record a folder hint names, or raise FetchError listing the candidates."""
+def resolve_hint(
+    hint_text: str,
+    series_list: list[dict],
+    *,
+    case_id: str | None = None,
+    study_ids: Callable[[list[str]], dict[str, dict]] | None = None,
+) -> dict:
+    """Return the single getSeries record a folder hint names, or raise FetchError listing the candidates.
+
+    When several series match, ``study_ids`` (getSeriesMetadata, which adds
+    StudyID) is called with their UIDs, and the series whose full study
+    folder name equals the hint's is kept.
+    """
     hint = parse_folder_hint(hint_text)
     matches = match_series(hint, series_list)
+    if len(matches) > 1 and study_ids is not None:
+        metadata = study_ids([str(series["SeriesInstanceUID"]) for series in matches])
+        with_ids = [{**series, **_study_id_of(metadata.get(str(series["SeriesInstanceUID"])))} for series in matches]
+        exact = [series for series in with_ids if study_folder_name(series) == hint.study_folder]
+        matches = exact or matches
     if len(matches) == 1:
         return matches[0]
     problem = "no series matches" if not matches else f"{len(matches)} series match"
