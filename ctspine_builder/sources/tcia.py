@@ -185,6 +185,9 @@ class TciaSource:
                 zip_path = self.client.download_series_zip(uid, staging / "series.zip", progress=self.progress,
                                                            description=case.case_id)
                 archive = verify_series_zip(zip_path, staging / "entry", image_count, case_id=case.case_id)
+                # NOTE: the series MD5 definition (MD5 of the sorted per-file MD5 hex
+                # strings) comes from NBIA's server source and was only checked
+                # against the stand-in, never against the live API.
                 if archive.series_md5 != expected_md5:
                     raise FetchError(f"series MD5 is {archive.series_md5}, expected {expected_md5}",
                                      case_id=case.case_id,
