@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 from isal.igzip_lib import IsalError
 
 from ctspine_builder.fileio import PARTIAL_SUFFIX, is_gzip
@@ -129,6 +130,17 @@ class DenyList:
     def max_length(self) -> int:
         """Length in bytes of the longest needle, or 0."""
         return max((len(needle) for _, needle in self.needles), default=0)
+
+    @functools.cached_property
+    def prefix_index(self) -> tuple[np.ndarray, dict[int, list[tuple[int, bytes]]]]:
+        """Return a 2**24 boolean table of the needles' first 3 bytes, and the needles by that prefix."""
+        table = np.zeros(1 << 24, dtype=bool)
+        by_prefix: dict[int, list[tuple[int, bytes]]] = {}
+        for number, needle in self.needles:
+            key = needle[0] | needle[1] << 8 | needle[2] << 16
+            table[key] = True
+            by_prefix.setdefault(key, []).append((number, needle))
+        return table, by_prefix
 
 
 def prepare_deny_values(deny_values: Iterable[str], allowed_ids: Iterable[str] = ()) -> DenyList:
@@ -248,9 +260,10 @@ def _search_deny_values(path: Path, deny: DenyList, name: str) -> list[Finding]:
     """Search the decompressed bytes of a file for each deny value, case-insensitively.
 
     The search streams in chunks that overlap by the longest needle, so a
-    value split across two chunks is still found. Only ASCII letters are
-    folded to lower case (bytes.lower), so non-ASCII values match only in the
-    case they were given.
+    value split across two chunks is still found. Output bytes are folded
+    to lower case with bytes.lower, which changes ASCII letters only, so a
+    non-ASCII letter in a value matches only where the output has it in
+    lower case.
 
     False positives in voxel data: in raw int16 voxels, 3 or more printable
     ASCII bytes span a whole voxel whose high byte is printable, which means
@@ -265,15 +278,42 @@ def _search_deny_values(path: Path, deny: DenyList, name: str) -> list[Finding]:
     overlap = deny.max_length - 1
     for offset, chunk in _iter_chunks(path, overlap):
         lowered = chunk.lower()
-        for number, needle in deny.needles:
+        for position, number in _find_needles(lowered, deny):
             if number in reported:
                 continue
-            position = find_needle(lowered, needle)
-            if position >= 0:
-                reported.add(number)
-                location = f"byte {offset + position} of the {'decompressed ' if is_gzip(path) else ''}content"
-                findings.append(Finding(name, DENY_VALUE, location, f"deny-list value #{number}"))
+            reported.add(number)
+            location = f"byte {offset + position} of the {'decompressed ' if is_gzip(path) else ''}content"
+            findings.append(Finding(name, DENY_VALUE, location, f"deny-list value #{number}"))
     return findings
+
+
+def _find_needles(haystack: bytes, deny: DenyList) -> Iterator[tuple[int, int]]:
+    """Yield (position, needle number) for each needle occurrence in ``haystack``, in position order.
+
+    The cost does not grow with the number of needles: numpy looks up the
+    3-byte window at every position in a table of the needles' prefixes,
+    and only the few positions that hit are compared in full. A whole build
+    passes thousands of deny values at once, where one bytes.find per needle
+    would read each chunk thousands of times.
+    """
+    if len(haystack) < 3:
+        return
+    table, by_prefix = deny.prefix_index
+    data = np.frombuffer(haystack, dtype=np.uint8).astype(np.uint32)
+    keys = data[:-2] | data[1:-1] << 8 | data[2:] << 16
+    for position in np.flatnonzero(table[keys]).tolist():
+        for number, needle in by_prefix[int(keys[position])]:
+            if haystack.startswith(needle, position) and _is_bounded(haystack, position, needle):
+                yield position, number
+
+
+def _is_bounded(haystack: bytes, position: int, needle: bytes) -> bool:
+    """Return True unless an all-digit needle touches a letter or digit at ``position``."""
+    if not needle.isdigit():
+        return True
+    before = haystack[position - 1 : position] if position else b""
+    after = haystack[position + len(needle) : position + len(needle) + 1]
+    return not before.isalnum() and not after.isalnum()
 
 
 def find_needle(haystack: bytes, needle: bytes) -> int:
@@ -284,16 +324,10 @@ def find_needle(haystack: bytes, needle: bytes) -> int:
     inside hex digests and longer numbers. Other needles match anywhere.
     The edges of ``haystack`` count as boundaries.
     """
-    if not needle.isdigit():
-        return haystack.find(needle)
     position = haystack.find(needle)
-    while position >= 0:
-        before = haystack[position - 1 : position] if position else b""
-        after = haystack[position + len(needle) : position + len(needle) + 1]
-        if not before.isalnum() and not after.isalnum():
-            return position
+    while position >= 0 and not _is_bounded(haystack, position, needle):
         position = haystack.find(needle, position + 1)
-    return -1
+    return position
 
 
 def _iter_chunks(path: Path, overlap: int) -> Iterator[tuple[int, bytes]]:

@@ -84,6 +84,16 @@ def test_numeric_deny_value_needs_boundaries(tmp_path: Path) -> None:
     assert [(f.detail, f.location) for f in findings] == [("deny-list value #1", "byte 35 of the content")]
 
 
+def test_thousands_of_deny_values_found(tmp_path: Path) -> None:
+    # A whole build passes the deny values of every case at once.
+    values = [f"SERIAL{index:06d}" for index in range(5000)] + ["Station-Q"]
+    path = tmp_path / "image.nii.gz"
+    raw = np.frombuffer(b"..serial004321..STATION-Q.", dtype=np.uint8).reshape((26, 1, 1), order="F")
+    save_nifti(raw.copy(), AFFINE, path)
+    findings = scan_file(path, values, [])
+    assert sorted(f.detail for f in findings) == ["deny-list value #4322", "deny-list value #5001"]
+
+
 def test_person_name_parts_found(tmp_path: Path) -> None:
     path = tmp_path / "card.md"
     path.write_text("Reviewed by doe-planted.\n")
