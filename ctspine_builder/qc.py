@@ -2,8 +2,8 @@
 
 Each image is reoriented to RAS with nibabel's as_closest_canonical, so the
 pictures look the same whatever the file's voxel order. Sagittal views put
-the head up and anterior on the left; coronal views put the head up and
-follow the radiological convention (patient's right on the image's left).
+the head up and anterior on the left. Coronal views put the head up and
+follow the radiological convention, with the patient's right on the image's left.
 Pixel aspect ratios come from the voxel spacing. Slices pass through the
 mask's centre of mass when the case has labels, and through the middle of
 the volume otherwise, so the spine is in view even when it is not centred.

@@ -99,7 +99,7 @@ class Repo:
 class FakeHub:
     """In-memory Hub state shared by the request handlers, plus fault injection.
 
-    ``fail_after`` maps a request kind ("lfs_put", "commit") to how many such
+    ``fail_after`` maps a request kind ("lfs_put", "commit", "tag") to how many such
     requests succeed before every further one gets HTTP 507, which
     huggingface_hub does not retry. ``requests`` logs (method, path) of every
     request, so tests can see what a client sent.
@@ -261,6 +261,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if repo is None:
             return
         payload = json.loads(self._body())
+        if self.hub.should_fail("tag"):
+            return self._error(507, "storage failure injected by the test")
         commit = repo.resolve(revision)
         if commit is None:
             return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
@@ -397,6 +399,18 @@ class HubHandler(BaseHTTPRequestHandler):
         payload.update(events=[], filesWithConflicts=[], changes={"base": "refs/heads/main", "mergeCommitId": pull.merge_commit})
         self._json(200, payload)
 
+    def change_status(self, repo_id: str, num: str) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        pull = repo.pulls.get(int(num))
+        status = json.loads(self._body()).get("status")
+        if pull is None or pull.status == "merged" or status not in ("open", "closed"):
+            return self._error(400, "Cannot change the status of this pull request")
+        pull.status = status
+        self._json(200, {"newStatus": {"id": "status", "type": "status-change", "createdAt": FIXED_DATE,
+                                       "author": {"name": "tester"}, "data": {"status": status}}})
+
     def merge_pull(self, repo_id: str, num: str) -> None:
         repo = self._repo(repo_id, write=True)
         if repo is None:
@@ -512,6 +526,7 @@ ROUTES = [
     (rf"api/datasets/{REPO}/discussions", "GET", HubHandler.list_discussions),
     (rf"api/datasets/{REPO}/discussions/(\d+)", "GET", HubHandler.discussion_details),
     (rf"api/datasets/{REPO}/discussions/(\d+)/merge", "POST", HubHandler.merge_pull),
+    (rf"api/datasets/{REPO}/discussions/(\d+)/status", "POST", HubHandler.change_status),
     (rf"api/datasets/{REPO}/tree/{REV}(?:/(.*))?", "GET", HubHandler.tree),
     (rf"api/datasets/{REPO}/paths-info/{REV}", "POST", HubHandler.paths_info),
     (rf"datasets/{REPO}\.git/info/lfs/objects/batch", "POST", HubHandler.lfs_batch),

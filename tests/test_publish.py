@@ -191,6 +191,26 @@ def test_interrupted_commit_resumes(tmp_path, hub):
     assert "v1.0.0" in repo.tags
 
 
+def test_stop_between_merge_and_tag_resumes(tmp_path, hub):
+    env = hub_env(tmp_path, hub.url)
+    root = write_dataset(tmp_path / "ds")
+    hub.fail_after["tag"] = 0
+    result = publish(env, root, "1.0.0")
+    assert result.returncode == 1
+    repo = hub.repos[REPO]
+    assert repo.pulls[1].status == "merged"
+    assert repo.tags == {}
+    merged = repo.branches["main"]
+
+    del hub.fail_after["tag"]
+    result = publish(env, root, "1.0.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0 uploaded" in result.stdout
+    assert repo.pulls[2].status == "closed"
+    assert repo.branches["main"] == merged
+    assert repo.tags["v1.0.0"] == merged
+
+
 def test_existing_tag_rejected(tmp_path, hub):
     env = hub_env(tmp_path, hub.url)
     root = write_dataset(tmp_path / "ds")

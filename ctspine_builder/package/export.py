@@ -49,7 +49,7 @@ class ExportCase:
 
 @dataclass
 class ExportResult:
-    """Where an export went and how its files were placed (counts per link method)."""
+    """Target of an export, its case count and the number of files per placement method."""
 
     target: Path
     methods: Counter = field(default_factory=Counter)

@@ -14,6 +14,7 @@ from ctspine_builder.publish.hub import (
     VERSION_PATTERN,
     PublishResult,
     check_revision,
+    release_on_main,
     existing_tags,
     find_or_open_pull,
     sync_revision,
@@ -106,12 +107,16 @@ def publish_release(
 
     The token comes from huggingface_hub's usual places (HF_TOKEN or a saved
     login). Raises PublishError when verification or the licence check
-    fails, when the tag exists already, or when the upload stops; running
-    the same call again resumes the upload.
+    fails, when the tag exists already, or when the upload stops. Running
+    the same call again resumes an upload that stopped.
     """
-    import httpx2
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        from httpx2 import TransportError  # the HTTP client of huggingface_hub 2.x
+    except ImportError:
+        from requests import ConnectionError as TransportError  # huggingface_hub before 1.0
 
     check_arguments(repo_id, version)
     verify_before_publish(root)
@@ -121,13 +126,13 @@ def publish_release(
     tag = f"v{version}"
     try:
         return _push(api, root, repo_id, version, tag, private, gated, files_per_commit)
-    except (HfHubHTTPError, httpx2.TransportError, RuntimeError) as error:
+    except (HfHubHTTPError, TransportError, RuntimeError) as error:
         # huggingface_hub wraps a failed LFS upload in a RuntimeError whose
         # cause is the HTTP error; other RuntimeErrors are not upload failures.
         cause = error.__cause__ if isinstance(error, RuntimeError) else error
-        if isinstance(error, RuntimeError) and not isinstance(cause, (HfHubHTTPError, httpx2.TransportError)):
+        if isinstance(error, RuntimeError) and not isinstance(cause, (HfHubHTTPError, TransportError)):
             raise
-        # The error text holds the URL and the server's message, never the token.
+        # The error text contains the URL and the server's message, never the token.
         reason = f"{str(error).splitlines()[0]} ({str(cause).splitlines()[0]})" if cause is not error else str(error).splitlines()[0]
         raise PublishError(
             f"upload of {tag} to {repo_id} stopped: {reason}",
@@ -152,7 +157,12 @@ def _push(api, root: Path, repo_id: str, version: str, tag: str, private: bool, 
     uploaded, deleted = sync_revision(api, repo_id, revision, plan, files_per_commit)
     check_revision(api, repo_id, revision, plan)
 
-    api.merge_pull_request(repo_id, pull, repo_type=REPO_TYPE, comment=f"Merged by `ctspine publish` after checking every file of {tag}.")
+    if release_on_main(api, repo_id, plan):
+        # A run that stopped after the merge left main complete: an empty pull
+        # request has nothing to merge, so close it and tag main.
+        api.change_discussion_status(repo_id, pull, "closed", repo_type=REPO_TYPE, comment="main already contains this release.")
+    else:
+        api.merge_pull_request(repo_id, pull, repo_type=REPO_TYPE, comment=f"Merged by `ctspine publish` after checking every file of {tag}.")
     commit = api.repo_info(repo_id, repo_type=REPO_TYPE, revision="main").sha
     check_revision(api, repo_id, commit, plan)
     api.create_tag(repo_id, tag=tag, revision=commit, repo_type=REPO_TYPE, tag_message=f"Dataset release {tag}")

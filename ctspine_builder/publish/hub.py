@@ -125,6 +125,12 @@ def sync_revision(api, repo_id: str, revision: str, plan: ReleasePlan, files_per
     return len(upload), len(delete)
 
 
+def release_on_main(api, repo_id: str, plan: ReleasePlan) -> bool:
+    """Return True when main already has exactly the plan's files."""
+    upload, delete = differences(plan, remote_files(api, repo_id, "main"))
+    return not upload and not delete
+
+
 def check_revision(api, repo_id: str, revision: str, plan: ReleasePlan) -> None:
     """Raise PublishError unless the files at ``revision`` are exactly the plan's files."""
     upload, delete = differences(plan, remote_files(api, repo_id, revision))
