@@ -178,6 +178,23 @@ def verify_dataset(
     return report
 
 
+def deny_values_from_dicom(folder: str | Path) -> set[str]:
+    """Collect the identifying values of every DICOM file under ``folder``, for use as ``deny_values``.
+
+    Non-DICOM files are skipped. Raises VerificationError when the folder does not exist.
+    """
+    from ctspine_builder.dicom.discover import read_header
+    from ctspine_builder.dicom.sidecar import collect_deny_values
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VerificationError("DICOM folder not found", path=folder, hint="Pass the folder of the source series")
+    headers = (read_header(path) for path in sorted(folder.rglob("*")) if path.is_file())
+    values = collect_deny_values(header for header in headers if header is not None)
+    logger.info("read %d identifying values from the DICOM files under %s", len(values), folder)
+    return values
+
+
 def _read_build(root: Path, dataset: CaseReport) -> dict[str, dict]:
     """Return build.json's case entries by case id; problems go to the dataset report."""
     path = root / BUILD_FILE

@@ -104,6 +104,30 @@ def test_case_of_maps_layout_paths() -> None:
     assert case_of("LICENSES/msd.md") is None
 
 
+def test_dicom_values_found_in_outputs(dataset, tmp_path: Path) -> None:
+    from dicomgen import DEFAULT_PLANTED, write_series
+
+    write_series(tmp_path / "dicom", slices=2)
+    clean = run_verify(dataset, "--dicom", str(tmp_path / "dicom"))
+    assert clean.exit_code == 0, clean.output
+
+    path = dataset.root / SIDECAR
+    sidecar = json.loads(path.read_text())
+    sidecar["ConvolutionKernel"] = DEFAULT_PLANTED["StationName"]
+    path.write_text(json.dumps(sidecar))
+    result = run_verify(dataset, "--dicom", str(tmp_path / "dicom"))
+    assert result.exit_code == 1
+    assert failed_checks(result.output, CASE) == {"sums", "phi"}
+    assert f"{SIDECAR}: deny value at byte" in result.output
+    assert DEFAULT_PLANTED["StationName"] not in result.output
+
+
+def test_missing_dicom_folder_is_rejected(dataset, tmp_path: Path) -> None:
+    result = run_verify(dataset, "--dicom", str(tmp_path / "absent"))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
 # --- tampered folders --------------------------------------------------------
 
 

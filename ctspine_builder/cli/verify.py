@@ -8,7 +8,7 @@ import click
 
 from ctspine_builder.cli.group import main
 from ctspine_builder.pairing import DEFAULT_TOLERANCE_MM
-from ctspine_builder.verify import CHECKS, CaseReport, VerifyReport, verify_dataset
+from ctspine_builder.verify import CHECKS, CaseReport, VerifyReport, deny_values_from_dicom, verify_dataset
 
 HEADINGS = {"files": "files", "sums": "SHA256SUMS", "hashes": "hashes", "geometry": "geometry",
             "labels": "labels", "phi": "PHI", "licence": "licence"}
@@ -21,9 +21,13 @@ HEADINGS = {"files": "files", "sums": "SHA256SUMS", "hashes": "hashes", "geometr
                    "(default: read the cases from build.json and data/*/metadata.jsonl).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the per-case results as JSON to this file (default: no file).")
+@click.option("--dicom", "dicom_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of source DICOM files whose identifying values (names, ids, dates, UIDs, institution, "
+                   "station, serial number) must appear in no output. Repeat for several folders (default: none).")
 @click.option("--tolerance-mm", type=click.FloatRange(min=0.0), default=DEFAULT_TOLERANCE_MM, show_default=True,
               help="Largest distance in mm allowed between mask and image voxel centres.")
-def verify(directory: Path, manifest_path: Path | None, report_path: Path | None, tolerance_mm: float) -> None:
+def verify(directory: Path, manifest_path: Path | None, report_path: Path | None, dicom_dirs: tuple[Path, ...],
+           tolerance_mm: float) -> None:
     """Check a dataset folder written by `ctspine build`.
 
     Checks that every expected file exists and SHA256SUMS matches. Content
@@ -32,7 +36,10 @@ def verify(directory: Path, manifest_path: Path | None, report_path: Path | None
     time, UID or header text, and each source needs its licence file. Exits
     with 1 when any check fails.
     """
-    report = verify_dataset(directory, manifest_path, tolerance_mm=tolerance_mm)
+    deny_values: set[str] = set()
+    for folder in dicom_dirs:
+        deny_values |= deny_values_from_dicom(folder)
+    report = verify_dataset(directory, manifest_path, deny_values=deny_values, tolerance_mm=tolerance_mm)
     echo_table(report)
     echo_problems(report)
     if report_path is not None:
