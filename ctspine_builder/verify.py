@@ -329,7 +329,11 @@ def _check_sums(root: Path, expected: list[ExpectedCase], reports: dict, dataset
         if not match:
             dataset.fail("sums", f"{SUMS_FILE} line {number} is not '<sha256>  <path>'")
             continue
-        listed[match.group("path")] = match.group("hash")
+        relative = match.group("path")
+        if relative.startswith("/") or ".." in relative.split("/"):
+            dataset.fail("sums", f"{SUMS_FILE} line {number} names a path outside the dataset folder")
+            continue
+        listed[relative] = match.group("hash")
 
     content_expected = {}
     for case in expected:

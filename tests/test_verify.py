@@ -346,6 +346,14 @@ def test_malformed_sums_line_fails(dataset) -> None:
     assert "is not '<sha256>  <path>'" in result.output
 
 
+def test_sums_path_outside_folder_fails(dataset) -> None:
+    with open(dataset.root / "SHA256SUMS", "a") as handle:
+        handle.write(f"{'0' * 64}  ../outside.txt\n")
+    result = run_verify(dataset)
+    assert result.exit_code == 1
+    assert "names a path outside the dataset folder" in result.output
+
+
 def test_missing_build_json_fails(dataset) -> None:
     (dataset.root / "build.json").unlink()
     result = run_verify(dataset)
