@@ -5,6 +5,11 @@ few times with each tool, takes the median wall time of each and writes the
 "Conversion" section of docs/benchmarks.md.
 
     python scripts/bench_convert.py [--dicom DIR] [--runs 5] [--no-write]
+    python scripts/bench_convert.py --slices 200 --no-write
+
+With --slices N, the input is instead a synthetic N-slice JPEG 2000 series
+built from the shared series' pixels (tests/dicomgen.py), to see how
+parallel decoding scales with series length.
 """
 from __future__ import annotations
 
@@ -109,8 +114,8 @@ def render(dicom: Path, runs: int, results: list[tuple[str, float]], load: float
     lines = [
         SECTION,
         "",
-        f"Command: `python scripts/bench_convert.py --runs {runs}` on the shared Siemens series "
-        f"({len(list(dicom.iterdir()))} files, 512 x 512, JPEG 2000 lossless).",
+        f"Command: `python scripts/bench_convert.py --runs {runs}` on {dicom.name}/ "
+        f"({len(list(dicom.iterdir()))} files, JPEG 2000 lossless).",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}. Other jobs shared the cores (1-minute load average {load:.1f} at the start), "
         "so compare the ratios of one run rather than seconds across runs.",
@@ -139,20 +144,40 @@ def write_section(section: str) -> None:
     BENCHMARKS.write_text(text)
 
 
+def synthetic_series(source: Path, slices: int, folder: Path) -> Path:
+    """Write an N-slice JPEG 2000 series whose slices repeat the source series' pixels."""
+    import numpy as np
+    import pydicom
+
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    import dicomgen
+
+    frames = [pydicom.dcmread(path).pixel_array for path in sorted(source.iterdir())]
+    stored = np.stack([frames[k % len(frames)] for k in range(slices)]).astype(np.int32)
+    dicomgen.write_series(folder, stored=stored, compression="jpeg2000", unsigned=True, bits_stored=12,
+                          pixel_spacing=(0.9765625, 0.9765625), slice_spacing=2.0)
+    return folder
+
+
 def main() -> None:
     """Parse the options, measure and write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dicom", type=Path, default=DEFAULT_DICOM, help="DICOM series folder (default: shared)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per tool (default: 5)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--slices", type=int, default=0, help="use a synthetic series of this many slices instead")
     options = parser.parse_args()
     if not options.dicom.is_dir():
         sys.exit(f"DICOM folder not found: {options.dicom}; pass --dicom or set CTSPINE_SHARED")
-    load = os.getloadavg()[0]
-    results = measure(options.dicom, options.runs)
-    section = render(options.dicom, options.runs, results, load)
+    with tempfile.TemporaryDirectory() as scratch:
+        dicom = options.dicom
+        if options.slices:
+            dicom = synthetic_series(options.dicom, options.slices, Path(scratch) / "series")
+        load = os.getloadavg()[0]
+        results = measure(dicom, options.runs)
+        section = render(dicom, options.runs, results, load)
     print(section)
-    if not options.no_write:
+    if not options.no_write and not options.slices:
         write_section(section)
 
 

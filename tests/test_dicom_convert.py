@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 from pydicom.encaps import encapsulate
+from pydicom.pixels.encoders import JPEGLSLosslessEncoder
 
 import dicomgen
 from ctspine_builder.cli import main
@@ -25,6 +26,8 @@ def load_volume(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("compression", sorted(dicomgen.TRANSFER_SYNTAXES))
 def test_syntax_round_trip(tmp_path: Path, compression: str) -> None:
+    if compression == "jpeg-ls" and not JPEGLSLosslessEncoder.is_available:
+        pytest.skip("no JPEG-LS encoder: install pyjpegls (part of the test extra)")
     info = dicomgen.write_series(tmp_path / "in", slices=4, compression=compression)
     written = pydicom.dcmread(info.files[0])
     assert written.file_meta.TransferSyntaxUID == dicomgen.TRANSFER_SYNTAXES[compression]
@@ -261,3 +264,16 @@ def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
     parallel = convert_series(tmp_path / "in", tmp_path / "parallel.nii.gz", workers=2)
     assert serial.path.read_bytes() == parallel.path.read_bytes()
     assert np.array_equal(load_volume(parallel.path), info.hu)
+
+
+def test_identifier_scan_finds_nothing(tmp_path: Path) -> None:
+    from ctspine_builder.deid import scan_tree
+
+    dicomgen.write_series(tmp_path / "in", slices=4, compression="rle")
+    out = tmp_path / "out"
+    result = convert_series(tmp_path / "in", out / "image.nii.gz", sidecar_path=out / "image.json", case_id="c5")
+    assert scan_tree(out, result.deny_values, {"c5"}) == []
+    # The same deny values do find a planted value once it leaks into a file.
+    (out / "leak.txt").write_text("operator was Plantedtech\n")
+    findings = scan_tree(out, result.deny_values, {"c5"})
+    assert [Path(finding.path).name for finding in findings] == ["leak.txt"]

@@ -236,7 +236,7 @@ def _nifti_values(image) -> np.ndarray:
     """Return the voxel values, scaled when the header sets scl_slope / scl_inter, in the smallest exact type.
 
     Float data whose values are all integers within int16 becomes int16, and
-    float64 data that float32 holds exactly becomes float32, so the values
+    float64 data that float32 represents exactly becomes float32, so the values
     stay identical while the file shrinks.
     """
     # nibabel moves scl_slope / scl_inter from the loaded header to the array proxy.
