@@ -214,7 +214,8 @@ def _read_metadata(root: Path, dataset: CaseReport) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for path in sorted((root / "data").glob("*/metadata.jsonl")):
         relative = path.relative_to(root).as_posix()
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = _read_text(path, relative, dataset, "files")
+        for number, line in enumerate((text or "").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -227,6 +228,15 @@ def _read_metadata(root: Path, dataset: CaseReport) -> dict[str, dict]:
                 dataset.fail("files", f"{relative} line {number}: case {case_id} is listed more than once")
             rows[case_id] = {**row, "_folder": path.parent.name, "_file": relative}
     return rows
+
+
+def _read_text(path: Path, relative: str, report: CaseReport, check: str) -> str | None:
+    """Return a UTF-8 text file's content, or record a failure under ``check`` and return None."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        report.fail(check, f"{relative} cannot be read as UTF-8 text ({type(error).__name__})")
+        return None
 
 
 def _expected_cases(manifest: Manifest | None, build: dict, metadata: dict, dataset: CaseReport) -> list[ExpectedCase]:
@@ -324,7 +334,8 @@ def _check_sums(root: Path, expected: list[ExpectedCase], reports: dict, dataset
     if not path.is_file():
         return
     listed: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = _read_text(path, SUMS_FILE, dataset, "sums")
+    for number, line in enumerate((text or "").splitlines(), start=1):
         match = _SUMS_LINE.match(line)
         if not match:
             dataset.fail("sums", f"{SUMS_FILE} line {number} is not '<sha256>  <path>'")
@@ -468,7 +479,8 @@ def _check_licences(root: Path, case: ExpectedCase, report: CaseReport, manifest
             report.fail("licence", f"{LICENSE_DIR}/{source_id}.md is missing")
             continue
         record = manifest.sources.get(source_id) if manifest else None
-        if record is not None and record.license not in path.read_text(encoding="utf-8"):
+        text = _read_text(path, f"{LICENSE_DIR}/{source_id}.md", report, "licence")
+        if text is not None and record is not None and record.license not in text:
             report.fail("licence", f"{LICENSE_DIR}/{source_id}.md does not name the licence {record.license}")
 
 

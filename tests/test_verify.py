@@ -354,6 +354,14 @@ def test_sums_path_outside_folder_fails(dataset) -> None:
     assert "names a path outside the dataset folder" in result.output
 
 
+def test_binary_metadata_fails(dataset) -> None:
+    (dataset.root / "data" / "trainset" / "metadata.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    result = run_verify(dataset)
+    assert result.exit_code == 1
+    assert "data/trainset/metadata.jsonl cannot be read as UTF-8 text (UnicodeDecodeError)" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_missing_build_json_fails(dataset) -> None:
     (dataset.root / "build.json").unlink()
     result = run_verify(dataset)
