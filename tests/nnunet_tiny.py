@@ -28,7 +28,7 @@ def tiny_plans(num_classes: int = NUM_FOREGROUND_CLASSES) -> dict:
         "num_pool_per_axis": [2, 2, 2],
         "patch_size": np.array([32, 32, 32]),
         "median_patient_size_in_voxels": np.array([64, 64, 64]),
-        "current_spacing": np.array([2.0, 2.0, 2.0]),
+        "current_spacing": np.array([4.0, 4.0, 4.0]),
         "original_spacing": np.array([1.0, 1.0, 1.0]),
         "do_dummy_2D_data_aug": False,
         "pool_op_kernel_sizes": [[2, 2, 2], [2, 2, 2]],

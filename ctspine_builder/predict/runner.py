@@ -215,6 +215,7 @@ def _predict_case(predictor: Predictor, case: PredictCase, summary: PredictSumma
         except ModelError:
             raise
         except CtspineError as error:
+            error.case_id = error.case_id or case.name
             logger.error("%s", error.format())
             summary.failed[case.name] = error.format()
             return
