@@ -345,3 +345,21 @@ def test_private_gated_repo(tmp_path, hub):
     card = file_at(hub, "v1.0.0", "README.md").decode()
     assert "extra_gated_fields:" in card
     assert load_release(env, "v1.0.0")["liver_0"]["labels"] == [0, 18, 19, 20]
+
+
+def test_demo_build_published_and_loaded(tmp_path, hub):
+    env = hub_env(tmp_path, hub.url)
+    built = run_ctspine(env, "demo", "--out", str(tmp_path / "demo"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    root = tmp_path / "demo" / "dataset"
+    result = publish(env, root, "1.0.0", "--gated")
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_release(env, "v1.0.0")
+    local = {}
+    for split in ("trainset", "test_public", "test_private"):
+        for line in (root / "data" / split / "metadata.jsonl").read_text().splitlines():
+            local[json.loads(line)["case_id"]] = split
+    assert {case_id: item["split"] for case_id, item in loaded.items()} == local
+    card = file_at(hub, "v1.0.0", "README.md").decode()
+    assert "extra_gated_fields:" in card
+    assert (root / "README.md").read_text().split("---", 2)[2].strip()[:200] in card

@@ -40,12 +40,21 @@ def test_first_release_lists_all_as_added():
 
 
 def test_gated_card_parses_as_hub_metadata():
-    text = release_card(CARD_TEMPLATE, ReleaseNotes("1.0.0", None, added=["liver_0"]), gated=True)
+    licenses = {"msd": "CC-BY-SA-4.0", "ctspine1k-masks": "CC-BY-NC-SA-4.0"}
+    text = release_card(CARD_TEMPLATE, ReleaseNotes("1.0.0", None, added=["liver_0"]), gated=True, licenses=licenses)
     data = DatasetCard(text).data.to_dict()
-    assert "agree" in data["extra_gated_prompt"]
+    assert "ctspine1k-masks: CC-BY-NC-SA-4.0; msd: CC-BY-SA-4.0" in data["extra_gated_prompt"]
     assert data["extra_gated_fields"]["I will not try to identify any participant"] == "checkbox"
+    assert data["extra_gated_fields"]["I will use the data for non-commercial purposes only"] == "checkbox"
     assert data["configs"][0]["data_files"][0] == {"split": "trainset", "path": "data/trainset/**"}
     assert data["license"] == "other"
+
+
+def test_gated_without_nc_licence_asks_no_nc_promise():
+    text = release_card(CARD_TEMPLATE, ReleaseNotes("1.0.0", None), gated=True, licenses={"phantom": "CC0-1.0"})
+    fields = DatasetCard(text).data.to_dict()["extra_gated_fields"]
+    assert "I will use the data for non-commercial purposes only" not in fields
+    assert "I agree to the licence terms of every source listed in LICENSES/" in fields
 
 
 def test_ungated_card_has_no_gating_fields():

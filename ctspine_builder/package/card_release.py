@@ -19,19 +19,33 @@ logger = logging.getLogger(__name__)
 
 FRONT_MATTER_MARK = "---"
 
-GATED_PROMPT = (
-    "This dataset combines sources under different licences, including the "
-    "CTSpine1K masks under a non-commercial ShareAlike licence and TCIA data "
-    "under TCIA's data usage policy, which forbids any attempt to identify the "
-    "participants. Read LICENSES/ and agree to every source's terms to get access."
-)
-GATED_FIELDS = {
+GATED_BASE_FIELDS = {
     "Name": "text",
     "Affiliation": "text",
-    "I agree to use the data for non-commercial research only": "checkbox",
+    "I agree to the licence terms of every source listed in LICENSES/": "checkbox",
+    # TCIA's data usage policy forbids attempts to identify participants; the
+    # same promise suits every source of patient scans.
     "I will not try to identify any participant": "checkbox",
     "I will cite every source listed in LICENSES/": "checkbox",
 }
+NON_COMMERCIAL_FIELD = "I will use the data for non-commercial purposes only"
+
+
+def gated_fields(licenses: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """Return the Hub's gating prompt and fields for sources with these SPDX licences.
+
+    The prompt names each source and its licence, and a non-commercial
+    promise is asked for when any licence has the NC term.
+    """
+    listed = "; ".join(f"{source}: {spdx}" for source, spdx in sorted(licenses.items())) or "see LICENSES/"
+    prompt = (
+        f"This dataset combines sources under their own licences ({listed}). "
+        "Read LICENSES/ and accept every source's terms to get access."
+    )
+    fields = dict(GATED_BASE_FIELDS)
+    if any("-NC" in spdx.upper() for spdx in licenses.values()):
+        fields[NON_COMMERCIAL_FIELD] = "checkbox"
+    return prompt, fields
 
 
 @dataclass
@@ -123,12 +137,14 @@ def render_release_notes(notes: ReleaseNotes) -> str:
     return "\n".join(lines) + "\n"
 
 
-def release_card(card_text: str, notes: ReleaseNotes, gated: bool) -> str:
-    """Return the card to publish: the built card plus gating fields and release notes."""
+def release_card(card_text: str, notes: ReleaseNotes, gated: bool, licenses: dict[str, str] | None = None) -> str:
+    """Return the card to publish: the built card plus gating fields and release notes.
+
+    ``licenses`` maps each source id to its SPDX licence, for the gating prompt.
+    """
     metadata, body = split_card(card_text)
     if gated:
-        metadata["extra_gated_prompt"] = GATED_PROMPT
-        metadata["extra_gated_fields"] = dict(GATED_FIELDS)
+        metadata["extra_gated_prompt"], metadata["extra_gated_fields"] = gated_fields(licenses or {})
     marker = "\n## Release notes\n"
     if marker in body:
         # A card published before already carries notes: replace them.

@@ -143,7 +143,8 @@ def build_plan(root: Path, version: str, notes: ReleaseNotes, gated: bool) -> Re
     for rel, digest in sums.items():
         plan.files[rel] = PlannedFile(rel, (root / rel).stat().st_size, digest, local_path=root / rel)
 
-    card_bytes = release_card((root / CARD_FILE).read_text(encoding="utf-8"), notes, gated).encode("utf-8")
+    card_text = (root / CARD_FILE).read_text(encoding="utf-8")
+    card_bytes = release_card(card_text, notes, gated, source_licenses(plan.build)).encode("utf-8")
     plan.card = card_bytes.decode("utf-8")
     plan.files[CARD_FILE] = PlannedFile(CARD_FILE, len(card_bytes), hashlib.sha256(card_bytes).hexdigest(), content=card_bytes)
     published_sums = {rel: item.sha256 for rel, item in plan.files.items()}
