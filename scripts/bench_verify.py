@@ -112,6 +112,7 @@ def render(cases: int, slices: int, runs: int, raw_bytes: int, results: list[tup
 def write_section(section: str) -> None:
     """Replace the Verify section of docs/benchmarks.md, keeping the others."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
+    section = section.rstrip("\n") + "\n\n"
     start = text.find(SECTION + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
