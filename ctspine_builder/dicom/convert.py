@@ -100,7 +100,7 @@ def convert_series(
                             slice_spacing=grid.slice_spacing, slopes=slopes, intercepts=intercepts, case_id=case_id)
     if sidecar_path is not None:
         write_sidecar(sidecar_path, sidecar)
-    deny_values = collect_deny_values(header.dataset for header in slices)
+    deny_values = collect_deny_values(header.dataset for header in series.slices)
     logger.info("wrote %s: %s %s, %d slices", out_path.name, "x".join(map(str, data.shape)), data.dtype,
                 len(grid.order))
     return ConversionResult(path=out_path, shape=tuple(data.shape), affine=grid.affine, dtype=str(data.dtype),
@@ -134,12 +134,14 @@ def _strict_grid(slices: list[SliceHeader], *, workers: int, case_id: str | None
     slices = _drop_repeated_sop_uids(slices)
     check_orientation(slices, case_id=case_id)
     groups = group_positions(slices)
+    # The grid is checked from the headers alone, so a series with a missing
+    # slice fails before its pixels are decoded.
+    grid = strict_grid(slices, [group[0] for group in groups], case_id=case_id)
+
     flat = [index for group in groups for index in group]
     decoded = dict(zip(flat, decode_all([slices[index].path for index in flat], workers=workers, case_id=case_id)))
     for group in groups:
         _check_duplicates(slices, group, decoded, case_id=case_id)
-
-    grid = strict_grid(slices, [group[0] for group in groups], case_id=case_id)
     return slices, grid, [decoded[index] for index in grid.order]
 
 
