@@ -8,6 +8,7 @@ import click
 from ctspine_builder.cli.group import main
 from ctspine_builder.publish import dry_run as plan_dry_run
 from ctspine_builder.publish import publish_release
+from ctspine_builder.publish.hub import DEFAULT_FILES_PER_COMMIT
 from ctspine_builder.publish.plan import ReleasePlan, format_size
 
 
@@ -28,7 +29,7 @@ def print_plan(plan: ReleasePlan, repo_id: str) -> None:
 @click.option("--private", is_flag=True, help="Create the repo as private (only when it does not exist yet). Default: public.")
 @click.option("--gated", is_flag=True, help="Add the Hub's gating fields to the card, so users accept the terms before download.")
 @click.option("--dry-run", is_flag=True, help="List the files and the card that would be published; contact no server.")
-@click.option("--files-per-commit", type=click.IntRange(1), default=200, show_default=True, help="Files per commit into the release pull request.")
+@click.option("--files-per-commit", type=click.IntRange(1), default=DEFAULT_FILES_PER_COMMIT, show_default=True, help="Files per commit into the release pull request.")
 def publish(dataset_dir: Path, repo_id: str, version: str, private: bool, gated: bool, dry_run: bool, files_per_commit: int) -> None:
     """Publish DATASET_DIR to the Hub as a tagged release.
 
