@@ -236,3 +236,17 @@ def test_concurrent_build_rejected(sources, tmp_path):
     assert result.exit_code == 1
     assert "another build is writing into this folder" in result.output
     assert not (out / "build.json").exists()
+
+
+def test_no_verify_skips_final_check(sources, tmp_path):
+    import pydicom
+
+    for path in (sources.root / "dicom" / "phantom_000").iterdir():
+        dataset = pydicom.dcmread(path)
+        dataset.StationName = "STATIONLEAK42"
+        dataset.save_as(path)
+    edit_manifest(sources.manifest, lambda doc: doc["dataset"].update(description="Scanned at STATIONLEAK42."))
+    out = tmp_path / "dataset"
+    result = run_build(sources.manifest, out, "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "Verification" not in result.output

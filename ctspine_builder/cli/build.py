@@ -90,6 +90,8 @@ def _print_summary(report) -> None:
               help="Build only cases of this split (repeatable).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Cases converted at once, each in its own process.")
+@click.option("--verify/--no-verify", "run_verify", default=True, show_default=True,
+              help="Check the finished folder as `ctspine verify` does; this reads every file of the dataset once.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched, its size and the disk space needed; write nothing.")
 @click.option("--position", default="authors", show_default=True, type=click.Choice(["authors", "prone", "supine"]),
               help="CT colonography series to take: the authors' choice, or the prone or supine series.")
@@ -105,7 +107,7 @@ def _print_summary(report) -> None:
               help="Keep downloaded archives (the 29 GB MSD tar) in the cache so a stopped download resumes; "
               "with --no-keep-archive members are extracted while streaming and a stopped download starts over.")
 @click.pass_context
-def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits, jobs, dry_run, position,
+def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits, jobs, run_verify, dry_run, position,
           cache_dir, nbia_url, concurrency, lock_path, keep_archive) -> None:
     """Build a dataset folder from a manifest: fetch, convert, de-identify, pair and package.
 
@@ -131,7 +133,9 @@ def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits,
         return
 
     quiet = ctx.obj.get("verbosity", 0) < 0
-    report = pipeline.build(manifest, out_dir, options=options, progress=not quiet, jobs=jobs, **filters)
+    report = pipeline.build(
+        manifest, out_dir, options=options, progress=not quiet, jobs=jobs, verify=run_verify, **filters
+    )
     _print_summary(report)
     if report.failed:
         click.secho(f"{len(report.failed)} case(s) failed; the dataset in {out_dir} leaves them out.", fg="red", err=True)
