@@ -162,12 +162,16 @@ def test_interrupted_lfs_upload_resumes(tmp_path, hub):
     assert repo.tags == {}
     assert set(repo.resolve("main").files) == {".gitattributes"}
 
+    # Three PUTs succeeded, but two of them may have carried the same object.
+    stored = len(hub.lfs_objects)
+    assert 2 <= stored <= 3
+
     del hub.fail_after["lfs_put"]
     puts_before = sum(1 for method, _ in hub.requests if method == "PUT")
     result = publish(env, root, "1.0.0", "--files-per-commit", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     puts_after = sum(1 for method, _ in hub.requests if method == "PUT") - puts_before
-    assert puts_after == lfs_objects - 3
+    assert puts_after == lfs_objects - stored
     assert len(repo.pulls) == 1
     assert repo.pulls[1].status == "merged"
     assert "v1.0.0" in repo.tags
