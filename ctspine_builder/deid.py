@@ -6,6 +6,7 @@ value itself, because the value is the identifier that must not spread.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -179,11 +180,17 @@ def prepare_deny_values(deny_values: Iterable[str], allowed_ids: Iterable[str] =
     return DenyList(tuple(needles), skipped_short, skipped_case_id)
 
 
-def scan_tree(root: str | Path, deny_values: Iterable[str] | DenyList, allowed_ids: Iterable[str]) -> list[Finding]:
+def scan_tree(
+    root: str | Path,
+    deny_values: Iterable[str] | DenyList,
+    allowed_ids: Iterable[str],
+    *,
+    content_hashes: dict[str, str] | None = None,
+) -> list[Finding]:
     """Scan every file under ``root``, and every file and folder name, for identifiers.
 
     Files still being written (ending in the partial suffix) are skipped.
-    Paths in findings are relative to ``root``.
+    Paths in findings and keys of ``content_hashes`` are relative to ``root``.
     """
     root = Path(root)
     allowed = list(allowed_ids)
@@ -195,7 +202,7 @@ def scan_tree(root: str | Path, deny_values: Iterable[str] | DenyList, allowed_i
         relative = path.relative_to(root).as_posix()
         findings += _scan_name(relative, path.name, deny, allowed)
         if path.is_file():
-            findings += scan_file(path, deny, allowed, display=relative)
+            findings += scan_file(path, deny, allowed, display=relative, content_hashes=content_hashes)
     return findings
 
 
@@ -205,6 +212,7 @@ def scan_file(
     allowed_ids: Iterable[str],
     *,
     display: str | None = None,
+    content_hashes: dict[str, str] | None = None,
 ) -> list[Finding]:
     """Scan one file's bytes, decompressed if gzip, for identifiers.
 
@@ -212,13 +220,20 @@ def scan_file(
     UID patterns apply to text files and to the text parts of a NIfTI file
     (its string header fields and extensions). NIfTI header fields and
     extensions, and sidecar keys, are checked against the identifier policy.
+
+    When deny values make the scan read the whole file, the SHA-256 of the
+    decompressed content is stored in ``content_hashes`` under the display
+    name, so a caller that needs it does not decompress the file again.
     """
     path = Path(path)
     allowed = list(allowed_ids)
     deny = deny_values if isinstance(deny_values, DenyList) else prepare_deny_values(deny_values, allowed)
     name = display or str(path)
     try:
-        findings = _search_deny_values(path, deny, name)
+        digest = hashlib.sha256() if content_hashes is not None and deny.needles else None
+        findings = _search_deny_values(path, deny, name, digest)
+        if digest is not None:
+            content_hashes[name] = digest.hexdigest()
         if _is_nifti(path):
             findings += _check_nifti_header(path, name, allowed)
         elif _is_text(path):
@@ -256,7 +271,7 @@ def _scan_name(relative: str, file_name: str, deny: DenyList, allowed: list[str]
     return findings
 
 
-def _search_deny_values(path: Path, deny: DenyList, name: str) -> list[Finding]:
+def _search_deny_values(path: Path, deny: DenyList, name: str, digest=None) -> list[Finding]:
     """Search the decompressed bytes of a file for each deny value, case-insensitively.
 
     The search streams in chunks that overlap by the longest needle, so a
@@ -276,7 +291,7 @@ def _search_deny_values(path: Path, deny: DenyList, name: str) -> list[Finding]:
     findings = []
     reported: set[int] = set()
     overlap = deny.max_length - 1
-    for offset, chunk in _iter_chunks(path, overlap):
+    for offset, chunk in _iter_chunks(path, overlap, digest):
         lowered = chunk.lower()
         for position, number in _find_needles(lowered, deny):
             if number in reported:
@@ -330,8 +345,11 @@ def find_needle(haystack: bytes, needle: bytes) -> int:
     return position
 
 
-def _iter_chunks(path: Path, overlap: int) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, bytes) chunks of the decompressed file that overlap by ``overlap`` bytes."""
+def _iter_chunks(path: Path, overlap: int, digest=None) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, bytes) chunks of the decompressed file that overlap by ``overlap`` bytes.
+
+    ``digest`` (a hashlib object), when given, is updated with every byte once.
+    """
     from isal import igzip
 
     opener = igzip.open if is_gzip(path) else open
@@ -342,6 +360,8 @@ def _iter_chunks(path: Path, overlap: int) -> Iterator[tuple[int, bytes]]:
             block = handle.read(SEARCH_CHUNK_BYTES)
             if not block:
                 break
+            if digest is not None:
+                digest.update(block)
             yield offset - len(tail), tail + block
             offset += len(block)
             tail = block[-overlap:] if overlap > 0 else b""

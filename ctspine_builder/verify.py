@@ -163,6 +163,10 @@ def verify_dataset(
     reports = {case.case_id: CaseReport(case.case_id, case.split) for case in expected}
     content_hashes = _ContentHashes(root)
     report = VerifyReport(root, list(reports.values()), dataset)
+    # The identifier scan runs first: with deny values it decompresses every
+    # file anyway and hands its content hashes on to the hash checks.
+    _check_phi(root, [case.case_id for case in expected], deny_values, reports, dataset, report.notes,
+               content_hashes.known)
 
     for name in (BUILD_FILE, CARD_FILE, SUMS_FILE):
         if not (root / name).is_file():
@@ -172,7 +176,6 @@ def verify_dataset(
     for case in expected:
         _check_case(root, case, reports[case.case_id], metadata, content_hashes, tolerance_mm)
         _check_licences(root, case, reports[case.case_id], manifest)
-    _check_phi(root, [case.case_id for case in expected], deny_values, reports, dataset, report.notes)
 
     logger.info("verified %s: %d cases, %d failed", root, len(expected), len(report.failed_cases))
     return report
@@ -288,17 +291,18 @@ class _ContentHashes:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cache: dict[str, str | None] = {}
+        # Hashes by dataset-relative path; the identifier scan fills it in first.
+        self.known: dict[str, str | None] = {}
 
     def get(self, relative: str) -> str | None:
         """Return the content hash, or None when the file cannot be read or decompressed."""
-        if relative not in self._cache:
+        if relative not in self.known:
             try:
-                self._cache[relative] = sha256_content(self.root / relative)
+                self.known[relative] = sha256_content(self.root / relative)
             except READ_ERRORS as error:
                 logger.warning("%s cannot be decompressed: %s", relative, error)
-                self._cache[relative] = None
-        return self._cache[relative]
+                self.known[relative] = None
+        return self.known[relative]
 
 
 def case_of(relative: str) -> str | None:
@@ -485,12 +489,12 @@ def _check_licences(root: Path, case: ExpectedCase, report: CaseReport, manifest
 
 
 def _check_phi(root: Path, case_ids: list[str], deny_values: Iterable[str], reports: dict, dataset: CaseReport,
-               notes: list[str]) -> None:
+               notes: list[str], content_hashes: dict[str, str | None]) -> None:
     """Scan every output for identifiers and file each finding under its case or the dataset."""
     deny = prepare_deny_values(deny_values, case_ids)
     if deny.skipped_short:
         notes.append(f"{deny.skipped_short} deny values shorter than 4 characters were not searched")
-    for finding in scan_tree(root, deny, case_ids):
+    for finding in scan_tree(root, deny, case_ids, content_hashes=content_hashes):
         _owner(finding.path, reports, dataset).fail("phi", finding.format())
 
 

@@ -94,6 +94,16 @@ def test_thousands_of_deny_values_found(tmp_path: Path) -> None:
     assert sorted(f.detail for f in findings) == ["deny-list value #4322", "deny-list value #5001"]
 
 
+def test_scan_stores_content_hashes(tmp_path: Path) -> None:
+    from ctspine_builder.fileio import sha256_content
+
+    save_nifti(np.full((4, 4, 3), -1000, dtype=np.int16), AFFINE, tmp_path / "image.nii.gz")
+    (tmp_path / "notes.txt").write_text("nothing\n")
+    hashes: dict[str, str] = {}
+    assert scan_tree(tmp_path, PLANTED, [], content_hashes=hashes) == []
+    assert hashes == {name: sha256_content(tmp_path / name) for name in ("image.nii.gz", "notes.txt")}
+
+
 def test_person_name_parts_found(tmp_path: Path) -> None:
     path = tmp_path / "card.md"
     path.write_text("Reviewed by doe-planted.\n")

@@ -156,6 +156,18 @@ def test_changed_content_fails_hash(dataset) -> None:
     assert "recorded in build.json" in result.output
 
 
+def test_changed_content_fails_with_deny_values(dataset) -> None:
+    # With deny values the scan computes the content hashes that the hash check then uses.
+    image = nib.load(str(dataset.root / IMAGE))
+    data = np.asanyarray(image.dataobj).copy()
+    data[0, 0, 0] += 1
+    save_nifti(data, image.affine, dataset.root / IMAGE)
+    report = verify_dataset(dataset.root, dataset.manifest, deny_values=["PLANTSTATION7"])
+    case = next(case for case in report.cases if case.case_id == CASE)
+    assert not case.checks["hashes"].ok
+    assert all(other.ok for other in report.cases if other.case_id != CASE)
+
+
 def test_deleted_file_fails(dataset) -> None:
     (dataset.root / MASK).unlink()
     result = run_verify(dataset)
