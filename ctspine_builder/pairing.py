@@ -161,7 +161,16 @@ def voxel_mapping(
     """
     image_shape = tuple(image.shape[:3])
     mask_shape = tuple(mask.shape[:3])
-    voxel_transform = np.linalg.inv(image.affine) @ mask.affine
+    try:
+        voxel_transform = np.linalg.inv(image.affine) @ mask.affine
+    except np.linalg.LinAlgError:
+        raise PairingError(
+            "image affine is singular (a zero spacing or two parallel axes), so no voxel maps to world coordinates",
+            case_id=case_id,
+            hint="Reconvert the image; its header geometry is damaged",
+        ) from None
+    if not np.all(np.isfinite(voxel_transform)):
+        _raise_mismatch(image, mask, "the mask affine contains NaN or infinite values", case_id, path)
     permutation = _signed_permutation(voxel_transform[:3, :3])
     if permutation is None:
         _raise_mismatch(image, mask, "the mask's voxel axes are not a permutation or flip of the image's axes", case_id, path)

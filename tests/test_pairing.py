@@ -246,6 +246,16 @@ def test_rotation_by_45_degrees_is_not_a_permutation(image_path: Path, tmp_path:
     assert_grid_error(image_path, mask, tmp_path, "not a permutation or flip of the image's axes")
 
 
+def test_singular_image_affine_is_rejected(tmp_path: Path) -> None:
+    image = tmp_path / "flat.nii.gz"
+    flat = nib.Nifti1Image(np.zeros(SHAPE, dtype=np.int16), None)
+    flat.header.set_sform(np.diag([0.8, 0.8, 0.0, 1.0]), code=1)
+    nib.save(flat, str(image))
+    mask = write_mask(tmp_path, labelled_volume(), lps_affine())
+    with pytest.raises(PairingError, match="image affine is singular"):
+        pair_mask(image, mask, tmp_path / "out.nii.gz")
+
+
 # --- rejected labels and files -----------------------------------------------
 
 
