@@ -21,8 +21,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from hub_state import FIXED_DATE, Blob, Commit, FakeHub, PullRequest, Repo, git_blob_sha1
 
-# Entries per page of a tree listing; the Hub pages by 1000 (50 with expand),
-# and a small page makes the clients in the tests follow the Link header.
+# Entries per page of a tree listing. The Hub pages by 1000 (50 with expand,
+# as huggingface_hub 2.4's list_repo_tree notes), so a small page here makes
+# the clients in the tests follow the Link header.
 TREE_PAGE_SIZE = 10
 
 
@@ -211,6 +212,7 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         files = dict(base.files)
         header = {}
+
         for line in lines:
             key, value = line["key"], line["value"]
             if key == "header":
@@ -227,6 +229,7 @@ class HubHandler(BaseHTTPRequestHandler):
             elif key == "deletedFolder":
                 prefix = value["path"].rstrip("/") + "/"
                 files = {path: blob for path, blob in files.items() if not path.startswith(prefix)}
+
         sha = self.hub.new_sha(header.get("summary", ""))
         repo.commits[sha] = Commit(sha, files, header.get("summary", ""), base.sha)
         pr_url = None
