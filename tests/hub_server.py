@@ -104,6 +104,19 @@ class HubHandler(BaseHTTPRequestHandler):
         self.hub.create_repo(repo_id, private)
         self._json(200, {"url": f"{self._base()}/datasets/{repo_id}", "name": repo_id})
 
+    def update_settings(self, repo_id: str) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        payload = json.loads(self._body())
+        if "gated" in payload:
+            if payload["gated"] not in ("auto", "manual", False):
+                return self._error(400, f"invalid gated value {payload['gated']!r}")
+            repo.gated = payload["gated"]
+        if "private" in payload:
+            repo.private = bool(payload["private"])
+        self._json(200, {})
+
     def repo_info(self, repo_id: str, revision: str = "main") -> None:
         repo = self._repo(repo_id)
         if repo is None:
@@ -122,7 +135,7 @@ class HubHandler(BaseHTTPRequestHandler):
             siblings.append(sibling)
         self._json(200, {
             "id": repo_id, "_id": repo_id, "author": repo_id.split("/")[0], "sha": commit.sha,
-            "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
+            "private": repo.private, "gated": repo.gated, "disabled": False, "downloads": 0, "likes": 0,
             "tags": [], "lastModified": FIXED_DATE, "createdAt": FIXED_DATE, "siblings": siblings,
         })
 
@@ -408,6 +421,7 @@ ROUTES = [
     (rf"api/datasets/{REPO}", "GET", HubHandler.repo_info),
     (rf"api/datasets/{REPO}/revision/{REV}", "GET", HubHandler.repo_info),
     (rf"api/datasets/{REPO}/refs", "GET", HubHandler.list_refs),
+    (rf"api/datasets/{REPO}/settings", "PUT", HubHandler.update_settings),
     (rf"api/datasets/{REPO}/tag/{REV}", "POST", HubHandler.create_tag),
     (rf"api/datasets/{REPO}/preupload/{REV}", "POST", HubHandler.preupload),
     (rf"api/datasets/{REPO}/commit/{REV}", "POST", HubHandler.commit),

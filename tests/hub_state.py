@@ -66,6 +66,7 @@ class Repo:
 
     repo_id: str
     private: bool
+    gated: str | bool = False
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)

@@ -115,6 +115,7 @@ def test_publish_two_versions_load_both(tmp_path, hub):
     assert result.returncode == 0, result.stderr[-3000:]
 
     repo = hub.repos[REPO]
+    assert repo.gated is False
     assert set(repo.tags) == {"v1.0.0", "v1.1.0"}
     assert repo.tags["v1.1.0"] == repo.branches["main"]
     notes = file_at(hub, "v1.1.0", "README.md").decode()
@@ -346,6 +347,7 @@ def test_private_gated_repo(tmp_path, hub):
     result = publish(env, root, "1.0.0", "--private", "--gated")
     assert result.returncode == 0, result.stderr[-3000:]
     assert hub.repos[REPO].private is True
+    assert hub.repos[REPO].gated == "auto"
     card = file_at(hub, "v1.0.0", "README.md").decode()
     assert "extra_gated_fields:" in card
     assert load_release(env, "v1.0.0")["liver_0"]["labels"] == [0, 18, 19, 20]
@@ -366,4 +368,5 @@ def test_demo_build_published_and_loaded(tmp_path, hub):
     assert {case_id: item["split"] for case_id, item in loaded.items()} == local
     card = file_at(hub, "v1.0.0", "README.md").decode()
     assert "extra_gated_fields:" in card
+    assert hub.repos[REPO].gated == "auto"
     assert (root / "README.md").read_text().split("---", 2)[2].strip()[:200] in card

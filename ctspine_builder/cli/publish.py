@@ -27,7 +27,7 @@ def print_plan(plan: ReleasePlan, repo_id: str) -> None:
 @click.option("--repo", "repo_id", required=True, help="Dataset repo on the Hub, as ORG/NAME; created if missing.")
 @click.option("--version", "version", required=True, help="Release version X.Y.Z; the release is tagged vX.Y.Z.")
 @click.option("--private", is_flag=True, help="Create the repo as private (only when it does not exist yet). Default: public.")
-@click.option("--gated", is_flag=True, help="Add the Hub's gating fields to the card, so users accept the terms before download.")
+@click.option("--gated", is_flag=True, help="Gate the repo (automatic approval) and add a terms form to the card, so users accept the terms before download.")
 @click.option("--dry-run", is_flag=True, help="List the files and the card that would be published; contact no server.")
 @click.option("--files-per-commit", type=click.IntRange(1), default=DEFAULT_FILES_PER_COMMIT, show_default=True, help="Files per commit into the release pull request.")
 def publish(dataset_dir: Path, repo_id: str, version: str, private: bool, gated: bool, dry_run: bool, files_per_commit: int) -> None:

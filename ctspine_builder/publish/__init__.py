@@ -152,6 +152,10 @@ def _push(api, root: Path, repo_id: str, version: str, tag: str, private: bool, 
     plan = prepare_release(root, version, notes, gated)
 
     repo_url = api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+    if gated:
+        # The card's extra_gated_* fields only shape the form; the repo
+        # setting is what makes the Hub ask for it. Set it before any upload.
+        api.update_repo_settings(repo_id, gated="auto", repo_type=REPO_TYPE)
     pull = find_or_open_pull(api, repo_id, version)
     revision = f"refs/pr/{pull}"
     uploaded, deleted = sync_revision(api, repo_id, revision, plan, files_per_commit)
