@@ -76,9 +76,9 @@ def decode_stored(path: Path, *, case_id: str | None = None) -> np.ndarray:
 def decode_all(paths: Sequence[Path], *, workers: int = 1, case_id: str | None = None) -> list[np.ndarray]:
     """Decode the slices in ``paths`` in order, in ``workers`` processes when above 1.
 
-    Processes, not threads: the JPEG 2000 decoder of pylibjpeg-openjpeg 2.6
-    holds the GIL (two threads decoded the 20-slice Siemens series no faster
-    than one, measured on 2 cores).
+    Processes, not threads: with pydicom 3.0 (which picked its python-gdcm
+    3.2 plugin for JPEG 2000 here), two threads decoded the 20-slice Siemens
+    series no faster than one on 2 cores, so the decoder holds the GIL.
     """
     if workers <= 1 or len(paths) < 2 * workers:
         return [decode_stored(path, case_id=case_id) for path in paths]
