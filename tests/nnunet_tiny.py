@@ -3,9 +3,9 @@
 The folder has the layout of the CTSpine1K authors' release
 (``nnUNet/3d_fullres/Task056_VerSe/nnUNetTrainerV2__nnUNetPlansv2.1`` with
 ``plans.pkl`` and ``all/model_final_checkpoint.model`` + ``.model.pkl``). The
-plans are written by hand for a 32^3 patch and two pooling stages, and the
-checkpoint is saved by nnU-Net's own trainer with seeded random weights, so
-the files contain the same kinds of pickled objects as a released model.
+plans are written by hand for a 32^3 patch and two pooling stages. nnU-Net's
+own trainer saves the checkpoint with seeded random weights, so the files
+contain the same kinds of pickled objects as a released model.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def build_tiny_model(root: Path, seed: int = 0, num_classes: int = NUM_FOREGROUN
         )
         trainer.initialize(training=False)
         # A trained v1 checkpoint stores its loss curves and best metric as
-        # numpy scalars, which torch's weights-only loader must be told about.
+        # numpy scalars, which torch's weights-only loader rejects unless allowed.
         trainer.all_tr_losses = [np.float64(0.9), np.float64(0.7)]
         trainer.all_val_losses = [np.float64(0.8), np.float64(0.75)]
         trainer.all_val_eval_metrics = [np.float64(0.4), np.float64(0.5)]

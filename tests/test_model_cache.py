@@ -160,8 +160,23 @@ def test_pin_match_and_mismatch(tiny_root: Path, cache: Path, tmp_path: Path) ->
 def test_pin_from_manifest_source(tmp_path: Path) -> None:
     digest = "ab" * 32
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"sources": [{"id": "model", "kind": "nnunet-model", "options": {"sha256": {"plans.pkl": digest}}}]}))
-    assert read_pin(manifest) == {"plans.pkl": digest}
+    hashes = {name: digest for name in REQUIRED_FILES}
+    manifest.write_text(json.dumps({"sources": [{"id": "model", "kind": "nnunet-model", "options": {"sha256": hashes}}]}))
+    assert read_pin(manifest) == hashes
+
+
+def test_pin_with_unknown_file_rejected(tmp_path: Path) -> None:
+    path = write_pin(tmp_path / "pin.json", {**{name: "ab" * 32 for name in REQUIRED_FILES}, "../secret": "ab" * 32})
+    with pytest.raises(ModelError) as caught:
+        read_pin(path)
+    assert "unknown: ../secret" in str(caught.value)
+
+
+def test_partial_pin_rejected(tmp_path: Path) -> None:
+    path = write_pin(tmp_path / "pin.json", {"plans.pkl": "ab" * 32})
+    with pytest.raises(ModelError) as caught:
+        read_pin(path)
+    assert "missing: all/model_final_checkpoint.model" in str(caught.value)
 
 
 def test_pin_without_hashes_rejected(tmp_path: Path) -> None:

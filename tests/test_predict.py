@@ -155,10 +155,13 @@ def test_other_settings_need_overwrite(tmp_path: Path, tiny_model: Path) -> None
     assert predict(*base).exit_code == 0
     changed = predict(*base, "--step-size", "0.75")
     assert changed.exit_code == 1
-    assert "predictions made with another model or other options" in changed.output
+    assert "contains predictions made with another model or other options" in changed.output
     replaced = predict(*base, "--step-size", "0.75", "--overwrite")
     assert replaced.exit_code == 0
     assert "Wrote 1 label map(s)" in replaced.output
+    other_threads = CliRunner().invoke(main, ["predict", *base, "--step-size", "0.75", "--threads", "1"])
+    assert other_threads.exit_code == 0, other_threads.output
+    assert "skipped 1 with existing output" in other_threads.output
 
 
 def test_4d_input_rejected(tmp_path: Path, tiny_model: Path) -> None:

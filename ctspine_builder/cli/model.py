@@ -25,8 +25,8 @@ def install(source: str, name: str | None, pin: Path | None, overwrite: bool) ->
     """Copy SOURCE (a trainer folder, a zip of it or hf://ORG/NAME@REV) into the cache.
 
     The model's pickles and checkpoint are loaded safely before it is
-    installed, and the SHA-256 of each file is recorded; every later use of
-    the model checks them.
+    installed, and the SHA-256 of each file is recorded. Every later use of
+    the model checks those hashes.
     """
     from ctspine_builder.predict.inference import nnunet_output
     from ctspine_builder.predict.model_cache import install_model

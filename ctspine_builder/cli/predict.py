@@ -26,8 +26,8 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model_spec: str,
     """Segment vertebrae C1..L6 (labels 1..25) with a pretrained nnU-Net v1 model.
 
     Each output is a uint8 label map on its input's grid (same shape and
-    affine); a DICOM series is converted with the project's converter first
-    and the output is on that NIfTI's grid. Inputs whose output exists are
+    affine). A DICOM series is converted with the project's converter first,
+    and its output is on that NIfTI's grid. Inputs whose output exists are
     skipped, so an interrupted run resumes. The model, its file hashes and
     the options are recorded in predict_settings.json beside the outputs.
     """

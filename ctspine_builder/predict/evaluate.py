@@ -1,10 +1,9 @@
 """Evaluate stage: Dice per vertebra per case, summarised per vertebra and per subset.
 
-Two rules for a label that is missing somewhere: the CTSpine1K authors'
-evaluation scores NaN whenever the reference lacks the label ("ctspine"),
-while nnU-Net v1's ``evaluate_folder`` scores NaN only when both prediction
-and reference lack it, so a label predicted where the reference has none
-scores 0 ("nnunet").
+Two rules decide when a label scores NaN. The CTSpine1K authors' evaluation
+("ctspine") gives NaN whenever the reference lacks the label. nnU-Net v1's
+``evaluate_folder`` ("nnunet") gives NaN only when both prediction and
+reference lack it, so a label predicted where the reference has none scores 0.
 """
 from __future__ import annotations
 
@@ -59,7 +58,8 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, labels: list[int], nan_rule: 
         raise CtspineError(f"unknown NaN rule {nan_rule!r}; use one of {', '.join(NAN_RULES)}")
     size = int(max(pred.max(initial=0), ref.max(initial=0), max(labels, default=0))) + 1
     # One pass over the volumes: the joint histogram of (reference, prediction) labels.
-    joint = np.bincount(ref.astype(np.int64).ravel() * size + pred.astype(np.int64).ravel(), minlength=size * size).reshape(size, size)
+    codes = ref.astype(np.int64).ravel() * size + pred.ravel()
+    joint = np.bincount(codes, minlength=size * size).reshape(size, size)
     scores = {}
     for label in labels:
         overlap = int(joint[label, label])
@@ -129,6 +129,13 @@ def _load_labels(path: Path, case_id: str) -> nib.Nifti1Image:
     return image
 
 
+def _as_labels(image: nib.Nifti1Image) -> np.ndarray:
+    data = np.asanyarray(image.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(data)
+    return data.astype(np.int32, copy=False)
+
+
 def score_case(case_id: str, pred_path: Path, ref_path: Path, subset: str, labels: list[int], nan_rule: str) -> CaseScore:
     """Score one case; raise CtspineError naming it when the two grids differ."""
     pred_image, ref_image = _load_labels(pred_path, case_id), _load_labels(ref_path, case_id)
@@ -136,8 +143,8 @@ def score_case(case_id: str, pred_path: Path, ref_path: Path, subset: str, label
         raise CtspineError(f"prediction shape {pred_image.shape} differs from reference shape {ref_image.shape}", case_id=case_id, path=pred_path, hint="Predict on the reference's image grid")
     if not np.allclose(pred_image.affine, ref_image.affine, atol=AFFINE_TOLERANCE_MM):
         raise CtspineError("prediction affine differs from the reference affine", case_id=case_id, path=pred_path, hint="Predict on the reference's image grid, or place the mask on it with `ctspine pair`")
-    pred = np.rint(np.asanyarray(pred_image.dataobj)).astype(np.int64)
-    ref = np.rint(np.asanyarray(ref_image.dataobj)).astype(np.int64)
+    pred = _as_labels(pred_image)
+    ref = _as_labels(ref_image)
     if pred.min(initial=0) < 0 or ref.min(initial=0) < 0:
         raise CtspineError("label map has negative labels", case_id=case_id, path=pred_path if pred.min() < 0 else ref_path)
     dice = dice_scores(pred, ref, labels, nan_rule)

@@ -1,10 +1,10 @@
 """Predict stage: run nnU-Net v1's own preprocessing, sliding window and export on one volume.
 
-The steps are those of nnU-Net v1's ``predict_cases`` (nnunet 1.7.1,
-``nnunet/inference/predict.py``): crop to the non-zero box, resample and
-normalise with the plans' preprocessor, predict with Gaussian-weighted
-sliding windows (optionally mirrored), resample the softmax back and place
-it in the uncropped volume. Only the model restore differs: the trainer is
+The steps are those of nnU-Net v1's ``predict_cases`` in nnunet 1.7.1
+(``nnunet/inference/predict.py``). They crop to the non-zero box, resample
+and normalise with the plans' preprocessor, and predict with
+Gaussian-weighted sliding windows (optionally mirrored). The softmax is then
+resampled back and placed in the uncropped volume. Only the model restore differs: the trainer is
 built from an allow-list and the weights come from ``safe_load``.
 """
 from __future__ import annotations
@@ -108,9 +108,9 @@ class Predictor:
     def _build_trainer(self):
         info = self.info
         work = self._work_dir.name
-        # The trainer is constructed from values checked in read_model_info;
-        # paths point at a private temporary folder so nnU-Net's log files
-        # never land in the model cache.
+        # The trainer is constructed from values checked in read_model_info.
+        # Its paths point at a private temporary folder, so nnU-Net's log
+        # files never land in the model cache.
         trainer = info.trainer_class(
             str(info.folder / "plans.pkl"), "all", output_folder=work, dataset_directory=work,
             batch_dice=info.batch_dice, stage=info.stage, unpack_data=False, deterministic=True, fp16=info.fp16,
@@ -154,8 +154,8 @@ class Predictor:
     def _preprocess(self, data_zyx: np.ndarray, spacing_zyx: tuple) -> tuple[np.ndarray, dict]:
         """Crop, resample and normalise as nnU-Net's ``preprocess_test_case`` does.
 
-        The volume is passed in memory; ``properties`` carries the fields that
-        nnU-Net's loader would have read from the file, on an identity
+        The volume is passed in memory. ``properties`` carries the fields that
+        nnU-Net's loader would have read from the file, with an identity
         direction because the orientation is already normalised.
         """
         from collections import OrderedDict
@@ -201,7 +201,7 @@ class Predictor:
             softmax = softmax.transpose([0] + [axis + 1 for axis in backward])
 
         # nnU-Net's export resamples the softmax to the cropped size, takes
-        # the argmax and pastes it into the full volume; it writes through
+        # the argmax and pastes it into the full volume. It writes through
         # SimpleITK, so the result is read back from an uncompressed file.
         export = Path(self._work_dir.name) / "export.nii"
         params = self._export_params

@@ -27,7 +27,7 @@ _INIT_BATCH_DICE, _INIT_STAGE, _INIT_FP16 = 4, 5, 8
 
 @dataclass
 class ModelInfo:
-    """What the loaded model files contain, validated.
+    """Validated contents of an nnU-Net v1 model folder.
 
     ``plans`` comes from the ``.model.pkl``, as nnU-Net's restore_model uses
     it; ``checkpoint`` is None unless the weights were requested.

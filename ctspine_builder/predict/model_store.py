@@ -62,7 +62,7 @@ def model_cache_dir() -> Path:
 
 
 def find_trainer_folder(root: Path, origin: str | Path | None = None) -> Path:
-    """Return the folder under ``root`` that holds ``plans.pkl`` and fold ``all``.
+    """Return the folder under ``root`` that contains ``plans.pkl`` and fold ``all``.
 
     ``root`` may be the trainer folder itself or any folder above it. Raises
     ModelError listing the missing files when there is none, or the
@@ -138,6 +138,14 @@ def read_pin(path: str | Path) -> dict[str, str]:
         raise ModelError(
             f"no model hashes found; expected \"files\" or a source of kind {PIN_SOURCE_KIND} with options.sha256, each value a SHA-256 hex digest",
             path=path,
+        )
+    known = set(REQUIRED_FILES) | set(OPTIONAL_FILES)
+    unknown = sorted(set(files) - known)
+    missing = sorted(set(REQUIRED_FILES) - set(files))
+    if unknown or missing:
+        raise ModelError(
+            f"model pin must list exactly the model files (unknown: {', '.join(unknown) or 'none'}; missing: {', '.join(missing) or 'none'})",
+            path=path, hint=f"Pin {', '.join(REQUIRED_FILES)} and optionally {', '.join(OPTIONAL_FILES)}",
         )
     return {str(name): str(value).lower() for name, value in files.items()}
 

@@ -3,7 +3,7 @@
 The authors' preparation script called nnU-Net v1's
 ``dataset_conversion/Task056_Verse_normalize_orientation.py`` (credited there
 to a gist by GitHub user nlessmann): ``normalize_slice_orientation`` turns a
-volume so that its direction cosines become the identity before nnU-Net sees
+volume so that its direction cosines become the identity before nnU-Net reads
 it, and ``restore_original_slice_orientation`` turns the label map back.
 Those functions are called here unchanged; this module only builds the
 SimpleITK-style header they expect from a NIfTI affine.

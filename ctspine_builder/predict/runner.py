@@ -63,7 +63,7 @@ def _strip_suffix(name: str) -> str:
 def collect_cases(input_path: Path, output: Path) -> list[PredictCase]:
     """List the cases for ``input_path``; ``output`` is a folder unless it ends in .nii.gz.
 
-    Raises CtspineError when the input is missing or holds nothing usable.
+    Raises CtspineError when the input is missing or contains no usable file.
     """
     if not input_path.exists():
         raise CtspineError("input not found", path=input_path, hint="Pass a .nii.gz file, a folder of them or a DICOM series folder")
@@ -157,10 +157,14 @@ def _check_settings(folder: Path, record: dict, overwrite: bool) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         previous = None
-    same = isinstance(previous, dict) and previous.get("model") == record["model"] and previous.get("options") == record["options"]
+    # The thread count changes speed, not the label maps, so a resumed run may use another.
+    def comparable(options: object) -> object:
+        return {key: value for key, value in options.items() if key != "threads"} if isinstance(options, dict) else options
+
+    same = isinstance(previous, dict) and previous.get("model") == record["model"] and comparable(previous.get("options")) == comparable(record["options"])
     if not same:
         raise ModelError(
-            "the output folder holds predictions made with another model or other options",
+            "the output folder contains predictions made with another model or other options",
             path=path, hint="Pass --overwrite to replace them, or choose another output folder",
         )
 

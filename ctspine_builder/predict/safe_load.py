@@ -2,8 +2,8 @@
 
 nnU-Net v1 reads ``plans.pkl`` and ``model_final_checkpoint.model.pkl`` with
 plain pickle, imports the trainer class whose name the ``.model.pkl`` stores,
-and reads the checkpoint with ``torch.load``. Each of these runs whatever
-code a tampered file asks for. Here the pickles go through an unpickler that
+and reads the checkpoint with ``torch.load``. Each of these can run code
+that a tampered file names. Here the pickles go through an unpickler that
 resolves only an allow-list of container and numpy globals, the trainer class
 comes from a fixed allow-list by name, and the checkpoint is read in torch's
 ``weights_only`` mode with the numpy types that v1 checkpoints contain.
