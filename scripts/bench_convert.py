@@ -31,6 +31,7 @@ SHARED_DIR = Path(os.environ.get("CTSPINE_SHARED", REPO_ROOT.parent / "shared"))
 DEFAULT_DICOM = SHARED_DIR / "data" / "siemens-ct-jpeg2000" / "dicom"
 BENCHMARKS = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Conversion"
+LONG_SECTION = "## Conversion of a longer series"
 
 
 def timed(action: Callable[[Path], None], target: Path) -> tuple[float, float]:
@@ -120,13 +121,14 @@ def measure(dicom: Path, runs: int) -> list[tuple[str, float, float]]:
     return results
 
 
-def render(source: str, runs: int, results: list[tuple[str, float, float]], load: float) -> str:
+def render(heading: str, command: str, source: str, runs: int, results: list[tuple[str, float, float]],
+           load: float) -> str:
     """Return the Markdown section with the command, machine and a table of medians."""
     reference = {name: (wall, cpu) for name, wall, cpu in results}.get("dcm2niix -z y")
     lines = [
-        SECTION,
+        heading,
         "",
-        f"Command: `python scripts/bench_convert.py --runs {runs}` on {source}.",
+        f"Command: `{command}` on {source}.",
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}. Other jobs shared the cores (1-minute load average {load:.1f} at the start), "
         "so wall times carry noise; CPU time (user + system, children included) depends less on that load.",
@@ -149,14 +151,14 @@ def render(source: str, runs: int, results: list[tuple[str, float, float]], load
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    """Replace the Conversion section of docs/benchmarks.md, keeping the others."""
+def write_section(heading: str, section: str) -> None:
+    """Replace the section under ``heading`` in docs/benchmarks.md, keeping the others."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         rest = "\n" + text[end + 1:] if end >= 0 else ""
         text = text[:start] + section.rstrip("\n") + "\n" + rest
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
@@ -195,12 +197,15 @@ def main() -> None:
         load = os.getloadavg()[0]
         results = measure(dicom, options.runs)
         files = len(list(dicom.iterdir()))
-        source = (f"a synthetic {files}-slice JPEG 2000 series" if options.slices
+        source = (f"a synthetic {files}-slice JPEG 2000 series (the shared series' 512 x 512 slices repeated)"
+                  if options.slices
                   else f"the shared Siemens series ({files} slices, 512 x 512, JPEG 2000 lossless)")
-        section = render(source, options.runs, results, load)
+        heading = LONG_SECTION if options.slices else SECTION
+        command = " ".join(["python scripts/bench_convert.py", *sys.argv[1:]])
+        section = render(heading, command, source, options.runs, results, load)
     print(section)
-    if not options.no_write and not options.slices:
-        write_section(section)
+    if not options.no_write:
+        write_section(heading, section)
 
 
 if __name__ == "__main__":
