@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -258,10 +259,18 @@ def test_convert_nifti_scaled_source(tmp_path: Path) -> None:
     assert np.allclose(np.asanyarray(written.dataobj), expected, rtol=1e-7, atol=0)
 
 
-def test_parallel_decode_matches_serial(tmp_path: Path) -> None:
-    info = dicomgen.write_series(tmp_path / "in", slices=8, compression="jpeg2000")
+def test_parallel_decode_matches_serial(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 64 slices give each of 2 processes the minimum share of 32 slices.
+    info = dicomgen.write_series(tmp_path / "in", slices=64, compression="jpeg2000")
     serial = convert_series(tmp_path / "in", tmp_path / "serial.nii.gz")
-    parallel = convert_series(tmp_path / "in", tmp_path / "parallel.nii.gz", workers=2)
+    decode_logger = logging.getLogger("ctspine_builder.dicom.decode")
+    decode_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ctspine_builder.dicom.decode"):
+            parallel = convert_series(tmp_path / "in", tmp_path / "parallel.nii.gz", workers=2)
+    finally:
+        decode_logger.removeHandler(caplog.handler)
+    assert "decoding 64 slices in 2 processes" in caplog.text
     assert serial.path.read_bytes() == parallel.path.read_bytes()
     assert np.array_equal(load_volume(parallel.path), info.hu)
 

@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 INT16_MIN, INT16_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
 
+# Each decode process gets at least this many slices. Starting processes cost
+# more than they saved on the 20-slice Siemens series, and two processes cut a
+# 120-slice series' time by a third (scripts/bench_convert.py, 2 cores).
+MIN_SLICES_PER_PROCESS = 32
+
 # The package that provides a decoder for each compressed transfer syntax family.
 _PLUGIN_HINTS = {
     "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
@@ -74,15 +79,20 @@ def decode_stored(path: Path, *, case_id: str | None = None) -> np.ndarray:
 
 
 def decode_all(paths: Sequence[Path], *, workers: int = 1, case_id: str | None = None) -> list[np.ndarray]:
-    """Decode the slices in ``paths`` in order, in ``workers`` processes when above 1.
+    """Decode the slices in ``paths`` in order, in up to ``workers`` processes.
+
+    Fewer processes run when the series is short: each gets at least
+    MIN_SLICES_PER_PROCESS slices, and a short series decodes in this process.
 
     Processes, not threads: with pydicom 3.0 (which picked its python-gdcm
     3.2 plugin for JPEG 2000 here), two threads decoded the 20-slice Siemens
     series no faster than one on 2 cores, so the decoder holds the GIL.
     """
-    if workers <= 1 or len(paths) < 2 * workers:
+    processes = min(workers, len(paths) // MIN_SLICES_PER_PROCESS)
+    if processes <= 1:
         return [decode_stored(path, case_id=case_id) for path in paths]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    logger.debug("decoding %d slices in %d processes", len(paths), processes)
+    with ProcessPoolExecutor(max_workers=processes) as pool:
         return list(pool.map(_decode_in_worker, paths, [case_id] * len(paths), chunksize=8))
 
 
