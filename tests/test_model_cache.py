@@ -240,3 +240,11 @@ def test_installed_copy_independent_of_source(tiny_root: Path, cache: Path, tmp_
     assert run("model", "install", str(source), "--name", "spine").exit_code == 0
     shutil.rmtree(source)
     assert open_installed("spine").path.is_dir()
+
+
+def test_hub_model_with_wrong_pin_not_cached(model_hub, cache: Path, tmp_path: Path) -> None:
+    pin = {name: "0" * 64 for name in REQUIRED_FILES}
+    with pytest.raises(ModelError) as caught:
+        open_model(f"hf://{HUB_REPO}@{model_hub.commit}", tmp_path / "work", pin)
+    assert "SHA-256 mismatch against the pin file" in str(caught.value)
+    assert list_models() == []

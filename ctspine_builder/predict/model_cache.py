@@ -150,7 +150,7 @@ def open_model(spec: str, work_dir: Path, pin: dict[str, str] | None = None) -> 
     """
     path = Path(spec).expanduser()
     if spec.startswith("hf://"):
-        model = _open_hub_model(spec)
+        model = _open_hub_model(spec, pin)
     elif path.is_dir() or path.is_file():
         from ctspine_builder.fetch.archive import extract_zip
 
@@ -169,10 +169,11 @@ def open_model(spec: str, work_dir: Path, pin: dict[str, str] | None = None) -> 
     return model
 
 
-def _open_hub_model(reference: str) -> ModelFolder:
+def _open_hub_model(reference: str, pin: dict[str, str] | None) -> ModelFolder:
     repo_id, revision = parse_hf_reference(reference)
     for model in list_models():
         if model.source.startswith(f"hf://{repo_id}@") and model.source.endswith(f"@{revision}"):
             return open_installed(model.name)
-    installed = install_model(reference, name=f"{repo_id.replace('/', '--')}--{revision[:12]}", overwrite=True)
+    # The pin is checked before installing, so a mismatching download never enters the cache.
+    installed = install_model(reference, name=f"{repo_id.replace('/', '--')}--{revision[:12]}", pin=pin, overwrite=True)
     return open_installed(installed.name)
