@@ -98,7 +98,7 @@ def measure(dicom: Path, runs: int) -> list[tuple[str, float, float]]:
     """
     tools: list[tuple[str, Callable[[Path], None]]] = [
         ("ctspine strict (library call)", ours(dicom, "strict")),
-        ("ctspine strict, 2 decode processes", ours(dicom, "strict", workers=2)),
+        ("ctspine strict, workers=2 (processes from 64 slices on)", ours(dicom, "strict", workers=2)),
         ("ctspine simpleitk (library call)", ours(dicom, "simpleitk")),
         ("`ctspine convert` command (start-up included)", ours_cli(dicom)),
         ("SimpleITK 2.5 read + WriteImage .nii.gz", simpleitk(dicom)),
