@@ -268,3 +268,37 @@ def test_matches_nnunet_predict_from_folder(tmp_path: Path, tiny_model: Path, mo
     assert ours.shape == theirs.shape
     assert len(np.unique(ours)) > 1, "random weights predicted one label only; the comparison would be trivial"
     assert np.array_equal(ours, theirs)
+
+
+def test_matches_authors_orientation_workflow(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """A turned image gives the labels of the authors' normalise, nnU-Net predict, restore sequence."""
+    import contextlib
+    import io
+
+    from nnunet.dataset_conversion.Task056_Verse_normalize_orientation import (
+        normalize_slice_orientation,
+        read_image,
+        restore_original_slice_orientation,
+        save_image,
+    )
+    from nnunet.inference.predict import predict_from_folder
+
+    source = write_ct(tmp_path / "case_0000.nii.gz", (24, 30, 28), SAGITTAL_AFFINE, seed=4)
+    assert predict("-i", str(source), "-o", str(tmp_path / "ours"), "--model", str(tiny_model), "--no-tta").exit_code == 0
+
+    data, header = read_image(str(source))
+    turned, turned_header = normalize_slice_orientation(data, header)
+    (tmp_path / "turned").mkdir()
+    save_image(turned, turned_header, str(tmp_path / "turned" / "case_0000.nii.gz"))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with contextlib.redirect_stdout(io.StringIO()):
+        predict_from_folder(str(tiny_model), str(tmp_path / "turned"), str(tmp_path / "nnunet"), ["all"], False, 1, 1, None, 0, 1, False,
+                            mixed_precision=False, overwrite_existing=True, mode="normal", step_size=0.5,
+                            checkpoint_name="model_final_checkpoint")
+    labels, _ = read_image(str(tmp_path / "nnunet" / "case.nii.gz"))
+    theirs, _ = restore_original_slice_orientation(labels, turned_header)
+
+    ours = np.asanyarray(nib.load(tmp_path / "ours" / "case_0000.nii.gz").dataobj)
+    assert ours.shape == theirs.shape
+    assert len(np.unique(ours)) > 1, "random weights predicted one label only; the comparison would be trivial"
+    assert np.array_equal(ours, theirs)
