@@ -36,15 +36,15 @@ def synthetic_ct(shape: tuple, seed: int = 0) -> np.ndarray:
     return volume.astype(np.int16)
 
 
-def oblique_free_affine(rotation: np.ndarray, spacing: tuple, origin: tuple) -> np.ndarray:
+def make_affine(rotation: np.ndarray, spacing: tuple, origin: tuple) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = rotation * np.asarray(spacing)
     affine[:3, 3] = origin
     return affine
 
 
-LPI_AFFINE = oblique_free_affine(np.diag([-1.0, -1.0, 1.0]), (0.9, 0.9, 2.5), (20.0, 30.0, -100.0))
-SAGITTAL_AFFINE = oblique_free_affine(np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), (1.2, 1.1, 1.6), (0.0, 5.0, 12.0))
+LPI_AFFINE = make_affine(np.diag([-1.0, -1.0, 1.0]), (0.9, 0.9, 2.5), (20.0, 30.0, -100.0))
+SAGITTAL_AFFINE = make_affine(np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), (1.2, 1.1, 1.6), (0.0, 5.0, 12.0))
 
 
 def write_ct(path: Path, shape: tuple, affine: np.ndarray, seed: int = 0) -> Path:
@@ -60,7 +60,7 @@ def predict(*args: str):
 def test_orientation_round_trip(index: int) -> None:
     rotation = signed_permutations()[index]
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
-    turned, header = normalize_orientation(data, oblique_free_affine(rotation, (1.0, 2.0, 3.0), (0, 0, 0)))
+    turned, header = normalize_orientation(data, make_affine(rotation, (1.0, 2.0, 3.0), (0, 0, 0)))
     assert np.array_equal(restore_orientation(turned, header), data)
 
 
@@ -81,7 +81,7 @@ def test_orientation_identity_direction(tmp_path: Path) -> None:
 def test_oblique_image_rejected(tmp_path: Path, tiny_model: Path) -> None:
     angle = np.deg2rad(45.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    write_ct(tmp_path / "oblique.nii.gz", (20, 20, 12), oblique_free_affine(rotation, (1, 1, 1), (0, 0, 0)))
+    write_ct(tmp_path / "oblique.nii.gz", (20, 20, 12), make_affine(rotation, (1, 1, 1), (0, 0, 0)))
     result = predict("-i", str(tmp_path / "oblique.nii.gz"), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--no-tta")
     assert result.exit_code == 1
     assert "oblique" in result.output
