@@ -78,6 +78,8 @@ class PredictOptions:
     tta: bool = True
     threads: int | None = None
 
+    # NOTE: the project's tests run on CPU-only machines, so the --device cuda
+    # path (network on the GPU, float16 autocast) has not been exercised here.
     @property
     def mixed_precision(self) -> bool:
         """nnU-Net predicts in float16 autocast on the GPU by default; on the CPU it cannot."""
