@@ -255,6 +255,31 @@ def test_sidecar_invalid_json_flagged(tmp_path: Path) -> None:
     assert [(f.kind, f.detail) for f in findings] == [(SIDECAR_KEY, "sidecar is not valid JSON")]
 
 
+def test_placeholder_values_not_searched(tmp_path: Path) -> None:
+    path = tmp_path / "build.json"
+    path.write_text('{"position": "supine", "split": "test_public", "note": "synthetic phantom"}')
+    findings = scan_file(path, ["SUPINE", "PHANTOM", "Test_Public", "Phantom^Demo"], [])
+    assert findings == []
+
+
+def test_value_containing_placeholder_searched(tmp_path: Path) -> None:
+    path = tmp_path / "card.md"
+    path.write_text("Series: supine abdomen planted\n")
+    findings = scan_file(path, ["SUPINE ABDOMEN PLANTED"], [])
+    assert kinds(findings) == [DENY_VALUE]
+
+
+def test_numeric_serial_number_kept_in_deny_list() -> None:
+    dataset = pydicom.Dataset()
+    dataset.DeviceSerialNumber = "40712"
+    dataset.AccessionNumber = "99887766"
+    dataset.ImageComments = "1024"
+    values = collect_deny_values([dataset])
+    assert "40712" in values
+    assert "99887766" in values
+    assert "1024" not in values
+
+
 # --- real DICOM headers ------------------------------------------------------
 
 
@@ -279,6 +304,7 @@ def test_real_conversion_is_clean(siemens_dicom: Path, tmp_path: Path) -> None:
     files = sorted(str(path) for path in siemens_dicom.iterdir())
     values = sorted(collect_deny_values(pydicom.dcmread(file, stop_before_pixels=True) for file in files))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert str(first.DeviceSerialNumber).strip() in values
     values += [str(first.data_element(keyword).value).strip() for keyword in ("DeviceSerialNumber", "StudyDate")]
     image = sitk.ReadImage(files)
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)

@@ -62,6 +62,16 @@ _SCANNED_VRS = IDENTIFYING_VRS | TEXT_VRS | {"CS", "SQ"}
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{4,}")
 _NUMBER = re.compile(r"^[-+]?\d*\.?\d+([eE][-+]?\d+)?$")
 
+# Identifier elements whose values are often all digits (a device serial
+# number, a hospital's patient or accession number). They stay in the deny
+# list even when they look like numbers; the scan matches all-digit values
+# only as whole numbers, so they do not fire inside hex digests.
+NUMERIC_IDENTIFIER_KEYWORDS = frozenset({
+    "DeviceSerialNumber", "PatientID", "OtherPatientIDs", "AccessionNumber",
+    "StudyID", "IssuerOfPatientID", "RequestedProcedureID", "PerformedProcedureStepID",
+    "ScheduledProcedureStepID", "AdmissionID", "InstitutionalDepartmentName",
+})
+
 
 def safe_value(value: Any) -> Any | None:
     """Return ``value`` as JSON (number, token or list of them), or None when unsafe."""
@@ -152,6 +162,8 @@ def collect_deny_values(datasets: Iterable[Dataset]) -> set[str]:
                 identifying.update(_strings(element.value))
             elif element.keyword in SIDECAR_DICOM_KEYWORDS:
                 allowed_values.update(value.lower() for value in _strings(element.value))
+            elif element.keyword in NUMERIC_IDENTIFIER_KEYWORDS:
+                identifying.update(_strings(element.value))
             elif element.VR in TEXT_VRS:
                 text.update(_strings(element.value))
 
