@@ -106,3 +106,22 @@ def test_cli_prune_without_criteria_fails(tmp_path):
     result = CliRunner().invoke(main, ["cache", "prune", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "Give --older-than DAYS, --keep N or --all" in result.output
+
+
+def test_cli_list_marks_partial_download(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    cache.add(make_file(tmp_path, "a", 1024), "md5", DIGEST_A)
+    partial = cache.path_for("md5", DIGEST_B, ".tar.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"\0" * 2048)
+
+    entries = {entry.digest: entry for entry in cache.entries()}
+    assert entries[DIGEST_B].partial
+    assert not entries[DIGEST_A].partial
+
+    result = CliRunner().invoke(main, ["cache", "list", "--cache-dir", str(cache.root)])
+    assert result.exit_code == 0, result.output
+    partial_line = next(line for line in result.output.splitlines() if DIGEST_B in line)
+    assert "partial download" in partial_line
+    complete_line = next(line for line in result.output.splitlines() if DIGEST_A in line)
+    assert "partial" not in complete_line

@@ -40,7 +40,8 @@ def list_command(cache_dir: Path | None) -> None:
     entries = cache.entries()
     for entry in entries:
         used = datetime.datetime.fromtimestamp(entry.last_used, datetime.timezone.utc).strftime("%Y-%m-%d")
-        click.echo(f"{format_size(entry.size):>10}  {used}  {entry.algorithm}/{entry.digest}")
+        state = "  (partial download, resumes on the next build)" if entry.partial else ""
+        click.echo(f"{format_size(entry.size):>10}  {used}  {entry.algorithm}/{entry.digest}{state}")
     total = sum(entry.size for entry in entries)
     click.echo(f"{len(entries)} entries, {format_size(total)} in {cache.root}")
 

@@ -38,13 +38,18 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One cached file or folder: its key, size in bytes and last use (POSIX time)."""
+    """One cached file or folder: its key, size in bytes and last use (POSIX time).
+
+    ``partial`` marks a download kept for resuming (its name ends in
+    ``.partial``): its content does not match the digest yet.
+    """
 
     algorithm: str
     digest: str
     path: Path
     size: int
     last_used: float
+    partial: bool = False
 
 
 def _tree_size(path: Path) -> int:
@@ -130,7 +135,8 @@ class Cache:
                 continue
             for path in algorithm_dir.glob("*/*"):
                 digest = path.name.split(".", 1)[0]
-                found.append(CacheEntry(algorithm_dir.name, digest, path, _tree_size(path), path.stat().st_mtime))
+                partial = path.name.endswith(".partial")
+                found.append(CacheEntry(algorithm_dir.name, digest, path, _tree_size(path), path.stat().st_mtime, partial))
         return sorted(found, key=lambda entry: (-entry.last_used, entry.algorithm, entry.digest))
 
     def prune(self, *, older_than_days: float | None = None, keep: int | None = None) -> list[CacheEntry]:
