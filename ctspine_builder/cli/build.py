@@ -103,20 +103,24 @@ def _print_summary(report) -> None:
               help="Parallel HTTP downloads per network source.")
 @click.option("--lock", "lock_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Lock file that pins each TCIA case to one series. Default: lock.json beside the manifest, if present.")
+@click.option("--source", "source_overrides", multiple=True, metavar="ID=[KIND:]LOCATOR",
+              help="Take manifest source ID from LOCATOR instead (a folder, file or URL), optionally as another "
+              "source kind, e.g. tcia-covid19=/data/covid19 or ctspine1k-masks=masks-folder:/data/masks. Repeatable.")
 @click.option("--keep-archive/--no-keep-archive", default=True, show_default=True,
               help="Keep downloaded archives (the 29 GB MSD tar) in the cache so a stopped download resumes; "
               "with --no-keep-archive members are extracted while streaming and a stopped download starts over.")
 @click.pass_context
 def build(ctx: click.Context, manifest_path, out_dir, case_ids, subsets, splits, jobs, run_verify, dry_run, position,
-          cache_dir, nbia_url, concurrency, lock_path, keep_archive) -> None:
+          cache_dir, nbia_url, concurrency, lock_path, source_overrides, keep_archive) -> None:
     """Build a dataset folder from a manifest: fetch, convert, de-identify, pair and package.
 
     Exits 1 when any case failed; the other cases are built and packaged.
     """
     from ctspine_builder import pipeline
     from ctspine_builder.manifest.loader import load_manifest, resolve_manifest
+    from ctspine_builder.manifest.overrides import apply_overrides
 
-    manifest = load_manifest(resolve_manifest(manifest_path))
+    manifest = apply_overrides(load_manifest(resolve_manifest(manifest_path)), source_overrides)
     options = {
         "position": position,
         "cache_dir": cache_dir,
