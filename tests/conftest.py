@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: the real CT series from ../shared."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -32,3 +33,12 @@ def siemens_dicom(siemens_dir: Path) -> Path:
 def siemens_mask(siemens_dir: Path) -> Path:
     """The real series' vertebra mask on the dcm2niix grid."""
     return siemens_dir / "vertebrae_mask.nii.gz"
+
+
+@pytest.fixture(autouse=True)
+def reset_package_logger():
+    """Undo the logging set-up of CLI runs, so that -q in one test hides no records from the next."""
+    yield
+    package_logger = logging.getLogger("ctspine_builder")
+    package_logger.handlers.clear()
+    package_logger.setLevel(logging.NOTSET)

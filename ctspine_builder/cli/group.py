@@ -45,14 +45,34 @@ class CtspineGroup(click.Group):
             sys.exit(1)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever sys.stderr is at emit time.
+
+    A plain StreamHandler keeps the stream it was created with, which breaks
+    when the command runs inside a caller that swaps sys.stderr (click's
+    CliRunner, a notebook) and later closes it.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
-    """Send the package's log records to stderr at a level set by -v/-q."""
+    """Send the package's log records to stderr at a level set by -v/-q.
+
+    Records still propagate to the root logger, which the CLI leaves without
+    handlers, so a program or test harness that configures logging sees them.
+    """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler()
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(level)
-    logger.propagate = False
 
 
 @click.group(cls=CtspineGroup, context_settings={"help_option_names": ["-h", "--help"]})
