@@ -33,11 +33,12 @@ def predict(ctx: click.Context, input_path: Path, output: Path, model_spec: str,
     """
     from tqdm import tqdm
 
-    from ctspine_builder.predict.inference import PredictOptions, default_device
+    from ctspine_builder.predict.inference import PredictOptions, default_device, require_predict_extra
     from ctspine_builder.predict.model_cache import open_model
     from ctspine_builder.predict.model_store import read_pin
     from ctspine_builder.predict.runner import collect_cases, run_predict
 
+    require_predict_extra()
     cases = collect_cases(input_path, output)
     options = PredictOptions(device=device or default_device(), step_size=step_size, tta=tta, threads=threads)
     quiet = (ctx.obj or {}).get("verbosity", 0) < 0

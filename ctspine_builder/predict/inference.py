@@ -258,6 +258,24 @@ class Predictor:
         return self._seconds_per_patch
 
 
+PREDICT_EXTRA_HINT = (
+    "Install the predict extra: PIP_CONSTRAINT=constraints.txt pip install -e '.[predict]' "
+    "(from the repository root; the constraints file pins torch)."
+)
+
+
+def require_predict_extra() -> None:
+    """Raise ModelError unless torch and nnunet import, naming the install command."""
+    from ctspine_builder.errors import ModelError
+
+    for module in ("torch", "nnunet"):
+        try:
+            __import__(module)
+        except ImportError as error:
+            raise ModelError(f"prediction needs {module}, which is not installed ({error})",
+                             hint=PREDICT_EXTRA_HINT) from None
+
+
 def default_device() -> str:
     """Return "cuda" when torch finds a CUDA device, else "cpu"."""
     import torch
@@ -265,4 +283,4 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["Predictor", "PredictOptions", "default_device", "nnunet_output"]
+__all__ = ["Predictor", "PredictOptions", "default_device", "nnunet_output", "require_predict_extra"]
