@@ -46,6 +46,10 @@ class FetchError(CtspineError):
     """A source could not be downloaded, or what arrived failed its checks."""
 
 
+class HostUnreachableError(FetchError):
+    """A host could not be connected to at all, after every retry."""
+
+
 class ConversionError(CtspineError):
     """A DICOM series or source NIfTI could not be converted to a case image."""
 

@@ -36,9 +36,13 @@ def siemens_mask(siemens_dir: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def reset_package_logger():
-    """Undo the logging set-up of CLI runs, so that -q in one test hides no records from the next."""
+def reset_process_state():
+    """Undo per-process state between tests: CLI logging set-up and unreachable hosts."""
     yield
+    # A port that was closed in one test may be a live test server in the next.
+    from ctspine_builder.fetch.http import forget_unreachable_hosts
+
+    forget_unreachable_hosts()
     package_logger = logging.getLogger("ctspine_builder")
     package_logger.handlers.clear()
     package_logger.setLevel(logging.NOTSET)

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from ctspine_builder import __version__
-from ctspine_builder.errors import FetchError
+from ctspine_builder.errors import FetchError, HostUnreachableError
+from ctspine_builder.fetch import http
 from ctspine_builder.fetch.http import HttpClient, parse_retry_after, redact_url
 from tests.range_server import Fault, RangeServer
 
@@ -93,3 +94,36 @@ def test_parse_retry_after_seconds_and_date():
 
 def test_redact_url_drops_query_and_credentials():
     assert redact_url("https://user:pw@example.org:8443/a/b?token=x") == "https://example.org:8443/a/b?..."
+
+
+def test_unreachable_host_fails_fast_afterwards():
+    delays: list[float] = []
+    client = recording_client(delays, retries=2, timeout=(0.5, 0.5))
+    with pytest.raises(HostUnreachableError, match="failed after 3 attempts: connection failed"):
+        client.get("http://127.0.0.1:9/first")
+    assert len(delays) == 2
+
+    # A second request, even from a new client, is not sent and not retried.
+    other = recording_client(delays, retries=2, timeout=(0.5, 0.5))
+    with pytest.raises(HostUnreachableError, match="not sent: the host could not be connected to"):
+        other.get("http://127.0.0.1:9/second")
+    assert len(delays) == 2
+
+
+def test_unreachable_host_tried_again_after_recheck_time(monkeypatch):
+    client = recording_client([], retries=0, timeout=(0.5, 0.5))
+    with pytest.raises(HostUnreachableError):
+        client.get("http://127.0.0.1:9/first")
+    later = time.monotonic() + http.UNREACHABLE_RECHECK_S + 1
+    monkeypatch.setattr(http.time, "monotonic", lambda: later)
+    with pytest.raises(HostUnreachableError, match="failed after 1 attempts"):
+        client.get("http://127.0.0.1:9/second")
+
+
+def test_read_timeout_does_not_mark_host_unreachable(server):
+    server.add_fault("file.bin", Fault("stall", after_bytes=0), times=2)
+    client = recording_client([], retries=1, timeout=(1.0, 0.3))
+    with pytest.raises(FetchError, match="timed out") as raised:
+        client.get(server.url("file.bin"))
+    assert not isinstance(raised.value, HostUnreachableError)
+    assert client.get(server.url("file.bin")).status_code == 200

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from ctspine_builder import TOOL_NAME, __version__
-from ctspine_builder.errors import FetchError
+from ctspine_builder.errors import FetchError, HostUnreachableError
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,19 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 DEFAULT_USER_AGENT = f"{TOOL_NAME}/{__version__}"
+
+# Hosts that refused a connection, or never accepted one, through every retry,
+# with the time.monotonic() of that failure. Requests to such a host fail at
+# once until UNREACHABLE_RECHECK_S has passed, so a build or dry run of 800
+# cases against a host that is down gives up in one retry cycle (about a
+# minute) instead of one per case (hours). The record is per process.
+_unreachable_hosts: dict[str, float] = {}
+UNREACHABLE_RECHECK_S = 300.0
+
+
+def forget_unreachable_hosts() -> None:
+    """Clear the record of unreachable hosts, so that the next request tries them again."""
+    _unreachable_hosts.clear()
 
 
 def redact_url(url: str) -> str:
@@ -98,13 +112,22 @@ class HttpClient:
         return self.request("POST", url, data=data, headers=headers)
 
     def request(self, method: str, url: str, **kwargs) -> requests.Response:
-        """Send a request, retrying transient failures; raise FetchError when retries run out."""
+        """Send a request, retrying transient failures; raise FetchError when retries run out.
+
+        Raises HostUnreachableError, a FetchError, when no connection to the
+        host could be made through every retry, and at once for a host that
+        failed so within the last UNREACHABLE_RECHECK_S seconds.
+        """
+        host = urlsplit(url).netloc
+        _check_reachable(method, url, host)
         attempt = 0
         while True:
+            connect_failed = False
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as error:
                 cause = describe_exception(error)
+                connect_failed = is_connect_failure(error)
                 retry_after = None
             else:
                 if response.status_code not in RETRY_STATUS:
@@ -113,10 +136,12 @@ class HttpClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
             if attempt >= self.retries:
-                raise FetchError(
-                    f"{method} {redact_url(url)} failed after {attempt + 1} attempts: {cause}",
-                    hint="Check the network and the server's status, then run the command again.",
-                )
+                message = f"{method} {redact_url(url)} failed after {attempt + 1} attempts: {cause}"
+                hint = "Check the network and the server's status, then run the command again."
+                if connect_failed:
+                    _unreachable_hosts[host] = time.monotonic()
+                    raise HostUnreachableError(message, hint=hint)
+                raise FetchError(message, hint=hint)
             delay = self.backoff_delay(attempt, retry_after)
             remaining = self.retries - attempt
             logger.warning(
@@ -142,6 +167,36 @@ class HttpClient:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _check_reachable(method: str, url: str, host: str) -> None:
+    """Raise HostUnreachableError if ``host`` failed to connect within the last UNREACHABLE_RECHECK_S."""
+    failed_at = _unreachable_hosts.get(host)
+    if failed_at is None:
+        return
+    age = time.monotonic() - failed_at
+    if age >= UNREACHABLE_RECHECK_S:
+        del _unreachable_hosts[host]
+        return
+    raise HostUnreachableError(
+        f"{method} {redact_url(url)} not sent: the host could not be connected to {age:.0f} s ago, after every retry",
+        hint=f"Check the network and the URL options (--nbia-url, --source); the host is tried again "
+        f"{UNREACHABLE_RECHECK_S:.0f} s after that failure.",
+    )
+
+
+def is_connect_failure(error: Exception) -> bool:
+    """Return True when no connection was made: refused, unresolvable host or connect timeout.
+
+    A connection that broke after it was made (reset, read timeout) is not
+    one: the host is up, and the next case may well succeed.
+    """
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(error, requests.ConnectionError):
+        return False
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError))
 
 
 def describe_exception(error: Exception) -> str:
