@@ -610,3 +610,11 @@ def test_option_keys_read_by_sources_are_documented():
 
     # The pattern must still find the modules of the kinds listed, or this test checks nothing.
     assert checked == set(SOURCE_OPTIONS)
+
+
+def test_folder_manifest_json_named_directly_reads_its_cases() -> None:
+    from ctspine_builder.manifest.loader import resolve_manifest
+
+    folder = resolve_manifest(None)
+    manifest = load_manifest(folder / "manifest.json")
+    assert len(manifest.cases) == 1005

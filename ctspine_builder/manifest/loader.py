@@ -95,7 +95,13 @@ def _read_jsonl_cases(path: Path, problems: list[Problem]) -> list[CaseEntry]:
 
 
 def _read_manifest(path: Path, problems: list[Problem]) -> _ParsedManifest | None:
-    """Read the manifest file, or a folder's manifest.json and cases*.jsonl files."""
+    """Read the manifest file, or a folder's manifest.json and cases*.jsonl files.
+
+    A manifest.json named directly reads as its folder, so that the cases*.jsonl
+    files beside it are not left out.
+    """
+    if path.is_file() and path.name == schema.FOLDER_MANIFEST_NAME:
+        path = path.parent
     if path.is_dir():
         main_path = path / schema.FOLDER_MANIFEST_NAME
         if not main_path.is_file():
