@@ -103,9 +103,22 @@ def check_labels(data: np.ndarray, *, case_id: str | None = None, path: str | Pa
             "(0 background, C1..C7 = 1..7, T1..T12 = 8..19, L1..L6 = 20..25)",
             case_id=case_id,
             path=path,
-            hint="Relabel the mask to the CTSpine1K scheme",
+            hint=_outside_labels_hint(values),
         )
     return data.astype(np.uint8, copy=False)
+
+
+# A label mask has at most 26 distinct values; a CT image has hundreds, many
+# of them negative (air is about -1000 HU).
+_IMAGE_LIKE_UNIQUE_VALUES = 64
+
+
+def _outside_labels_hint(values: np.ndarray) -> str:
+    """Return the fix for out-of-range labels, spotting a CT image passed as the mask."""
+    if values.size > _IMAGE_LIKE_UNIQUE_VALUES and values.min() < 0:
+        return ("This file looks like a CT image, not a label mask: check the order of the arguments "
+                "(IMAGE first, then MASK)")
+    return "Relabel the mask to the CTSpine1K scheme"
 
 
 def pair_mask(

@@ -300,6 +300,18 @@ def test_many_bad_labels_are_counted() -> None:
         check_labels(data)
 
 
+def test_image_given_as_mask_names_argument_order() -> None:
+    ct = np.linspace(-1024, 1500, 2 * 10 * 10).astype(np.int16).reshape(2, 10, 10)
+    with pytest.raises(PairingError, match="looks like a CT image, not a label mask: check the order of the arguments"):
+        check_labels(ct)
+
+
+def test_few_bad_labels_suggest_relabelling() -> None:
+    data = np.array([0, 18, 30], dtype=np.int16).reshape(3, 1, 1)
+    with pytest.raises(PairingError, match="Relabel the mask to the CTSpine1K scheme"):
+        check_labels(data)
+
+
 def test_four_dimensional_mask_is_rejected(image_path: Path, tmp_path: Path) -> None:
     data = np.stack([labelled_volume(), labelled_volume()], axis=-1)
     mask = write_mask(tmp_path, data, lps_affine())
