@@ -219,6 +219,14 @@ def test_cli_no_sidecar(tmp_path: Path) -> None:
     assert not (tmp_path / "ct.json").exists()
 
 
+def test_cli_output_without_nifti_suffix_rejected(tmp_path: Path) -> None:
+    dicomgen.write_series(tmp_path / "in", slices=3)
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "in"), str(tmp_path / "ct.nrrd")])
+    assert result.exit_code == 2
+    assert "does not end in .nii.gz or .nii" in result.output
+    assert not (tmp_path / "ct.nrrd").exists()
+
+
 def test_cli_error_has_no_traceback(tmp_path: Path) -> None:
     dicomgen.write_series(tmp_path / "in", slices=3, offsets=[0, 2.5, 7.5])
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "in"), str(tmp_path / "ct.nii.gz")])

@@ -25,9 +25,19 @@ def default_sidecar_path(out_path: Path) -> Path:
     return out_path.with_name(name + ".json")
 
 
+def _nifti_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """Reject an output name that does not end in .nii.gz or .nii, since the output is always NIfTI."""
+    if not value.name.endswith((".nii.gz", ".nii")):
+        raise click.BadParameter(
+            f"{value} does not end in .nii.gz or .nii; the output is NIfTI, gzip-compressed for .nii.gz",
+            ctx=ctx, param=param,
+        )
+    return value
+
+
 @main.command()
 @click.argument("dicom_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), callback=_nifti_path)
 @click.option("--series", "series_uid", metavar="UID", default=None,
               help="SeriesInstanceUID to convert. Default: the only image series in DICOM_DIR; "
                    "with several, the error lists them.")
