@@ -72,6 +72,11 @@ def test_parse_labels_invalid(text: str) -> None:
         parse_labels(text)
 
 
+def test_parse_labels_beyond_l6_rejected() -> None:
+    with pytest.raises(CtspineError, match=r"label 30 in '20-30' is outside the CTSpine1K labels 1..25"):
+        parse_labels("1,20-30")
+
+
 def test_vertebra_names() -> None:
     assert [vertebra_name(label) for label in (1, 7, 8, 19, 20, 25)] == ["C1", "C7", "T1", "T12", "L1", "L6"]
 
@@ -167,6 +172,16 @@ def test_evaluate_empty_prediction_folder(tmp_path: Path) -> None:
     result = evaluate("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"))
     assert result.exit_code == 1
     assert "no .nii.gz predictions found" in result.output
+
+
+def test_evaluate_dataset_folder_as_prediction(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    (dataset / "data" / "trainset").mkdir(parents=True)
+    (dataset / "data" / "trainset" / "metadata.jsonl").write_text("")
+    (tmp_path / "ref").mkdir()
+    result = evaluate("--pred", str(dataset), "--ref", str(tmp_path / "ref"))
+    assert result.exit_code == 1
+    assert "is a reference (--ref), not a prediction" in result.output
 
 
 def test_evaluate_unreadable_prediction(tmp_path: Path) -> None:

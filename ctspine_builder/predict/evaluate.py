@@ -44,6 +44,11 @@ def parse_labels(text: str) -> list[int]:
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if first < 1 or last < first:
             raise CtspineError(f"invalid label range {part.strip()!r}", hint="Labels start at 1 and ranges go upwards")
+        if last > len(VERTEBRA_NAMES):
+            raise CtspineError(
+                f"label {last} in {part.strip()!r} is outside the CTSpine1K labels 1..{len(VERTEBRA_NAMES)}",
+                hint="Score labels between 1 (C1) and 25 (L6)",
+            )
         labels.update(range(first, last + 1))
     return sorted(labels)
 
@@ -176,7 +181,10 @@ def evaluate_folders(pred_dir: Path, ref_dir: Path, labels: list[int], nan_rule:
     references = find_references(ref_dir)
     predictions = {_strip(path.name): path for path in sorted(pred_dir.iterdir()) if path.is_file() and path.name.endswith((".nii.gz", ".nii"))}
     if not predictions:
-        raise CtspineError("no .nii.gz predictions found", path=pred_dir)
+        hint = "Give the folder that `ctspine predict -o` wrote, with one <case_id>.nii.gz per case"
+        if any(pred_dir.glob("data/*/metadata.jsonl")):
+            hint += "; a dataset folder built by `ctspine build` is a reference (--ref), not a prediction"
+        raise CtspineError("no .nii.gz predictions found", path=pred_dir, hint=hint)
     report = EvaluationReport(labels, nan_rule)
     report.missing_references = sorted(set(predictions) - set(references))
     report.missing_predictions = sorted(set(references) - set(predictions))
