@@ -137,6 +137,17 @@ def test_cli_lock_unresolved_case_exits_1_and_keeps_others(tmp_path, two_patient
     assert sorted(load_lock(tmp_path / "lock.json").series) == ["CTC-0001"]
 
 
+def test_cli_lock_nothing_resolved_writes_no_file(tmp_path, two_patients):
+    server, first, _ = two_patients
+    bad_hint = f"{first.patient_id}/01-01-2000-XXXXX/9.000000-nothing-ZZZZZ"
+    manifest = write_manifest_file(tmp_path, [case_entry(first, bad_hint)])
+    result = CliRunner().invoke(main, ["lock", "--manifest", str(manifest), "--nbia-url", server.url])
+    assert result.exit_code == 1
+    assert "no series could be locked" in result.output
+    assert result.output.count("no series matches the folder hint") == 1
+    assert not (tmp_path / "lock.json").exists()
+
+
 def test_cli_lock_license_mismatch_names_both(tmp_path, two_patients):
     server, first, _ = two_patients
     manifest = write_manifest_file(tmp_path, [case_entry(first)], license="CC-BY-NC-SA-4.0")

@@ -21,9 +21,9 @@ def split_case_ids(values: tuple[str, ...]) -> list[str] | None:
 
 
 @main.command("lock")
-@click.option("--manifest", "manifest_path", default=None,
+@click.option("--manifest", "manifest_path", default=None, metavar="PATH",
               help="Manifest file, folder or installed name (default: the installed ctspine1k manifest).")
-@click.option("--nbia-url", default=None,
+@click.option("--nbia-url", default=None, metavar="URL",
               help=f"Base URL of the NBIA v4 API (default: ${NBIA_URL_ENV}, else TCIA's public API).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Lock file to write (default: lock.json beside the manifest).")
@@ -49,9 +49,11 @@ def lock_command(manifest_path, nbia_url, out_path, case_values, concurrency) ->
     with HttpClient() as http:
         client = NbiaClient(nbia_base_url(nbia_url), http)
         result = build_lock(manifest, client, case_ids=case_ids, concurrency=concurrency, previous=previous)
-    save_lock(result.lock, out_path)
-
-    click.echo(f"locked {len(result.lock.series)} series in {out_path}")
+    if result.lock.series or previous is not None:
+        save_lock(result.lock, out_path)
+        click.echo(f"locked {len(result.lock.series)} series in {out_path}")
+    else:
+        click.echo(f"no series could be locked; {out_path} was not written", err=True)
     if result.errors:
         for error in result.errors.values():
             click.secho(f"Error: {error.format()}", fg="red", err=True)

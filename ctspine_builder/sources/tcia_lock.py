@@ -94,7 +94,9 @@ def build_lock(
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for case, entry, error in pool.map(resolve, cases):
             if error is not None:
-                logger.error("%s", error.format())
+                # Returned in result.errors for the caller to report; logged
+                # at info level so that the CLI does not print it twice.
+                logger.info("%s", error.format())
                 result.errors[case.case_id] = error
                 lock.series.pop(case.case_id, None)
             else:
