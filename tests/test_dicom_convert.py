@@ -294,3 +294,13 @@ def test_identifier_scan_finds_nothing(tmp_path: Path) -> None:
     (out / "leak.txt").write_text("operator was Plantedtech\n")
     findings = scan_tree(out, result.deny_values, {"c5"})
     assert [Path(finding.path).name for finding in findings] == ["leak.txt"]
+
+
+def test_sidecar_keeps_text_values_as_text() -> None:
+    from pydicom.multival import MultiValue
+
+    from ctspine_builder.dicom.sidecar import safe_value
+
+    assert safe_value(MultiValue(str, ["Br38f", "3"])) == ["Br38f", "3"]
+    assert safe_value(pydicom.valuerep.DSfloat("120")) == 120
+    assert safe_value(pydicom.valuerep.DSfloat("0.5")) == 0.5

@@ -96,10 +96,10 @@ def _print_summary(report) -> None:
 @click.option("--position", default="authors", show_default=True, type=click.Choice(["authors", "prone", "supine"]),
               help="CT colonography series to take: the authors' choice, or the prone or supine series.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Download cache folder shared by builds. Default: the platform's user cache folder.")
+              help="Download cache folder shared by builds. Default: $CTSPINE_CACHE_DIR, else the platform's user cache folder.")
 @click.option("--nbia-url", default=None, metavar="URL",
-              help="Base URL of the NBIA v4 REST API. Default: TCIA's public NBIA API.")
-@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Base URL of the NBIA v4 REST API. Default: $CTSPINE_NBIA_URL, else TCIA's public NBIA API.")
+@click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Parallel HTTP downloads per network source.")
 @click.option("--lock", "lock_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Lock file that pins each TCIA case to one series. Default: lock.json beside the manifest, if present.")

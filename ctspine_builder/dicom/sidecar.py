@@ -83,9 +83,14 @@ def safe_value(value: Any) -> Any | None:
     if isinstance(value, (int, float)):
         return float(value) if not float(value).is_integer() else int(value)
     text = str(value).strip()
-    number = _as_number(text)
-    if number is not None:
-        return number
+    # pydicom returns numbers for numeric VRs (DS, IS, US, FD, ...), so a
+    # string here comes from a text VR and stays text: ConvolutionKernel
+    # ["Br38f", "3"] must not turn into ["Br38f", 3]. Only the number
+    # types pydicom may hand over as strings are converted.
+    if not isinstance(value, str):
+        number = _as_number(text)
+        if number is not None:
+            return number
     if not _SAFE_TOKEN.match(text) or _DATE_LIKE.search(text) or _UID_LIKE.search(text):
         return None
     return text
