@@ -30,7 +30,8 @@ class CtspineError(Exception):
         """Return the message as printed: case id, message, file and fix."""
         text = self.message
         if self.path:
-            text = f"{text} (file: {self.path})"
+            kind = "folder" if Path(self.path).is_dir() else "file"
+            text = f"{text} ({kind}: {self.path})"
         if self.case_id:
             text = f"case {self.case_id}: {text}"
         if self.hint:
