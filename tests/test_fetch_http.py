@@ -127,3 +127,14 @@ def test_read_timeout_does_not_mark_host_unreachable(server):
         client.get(server.url("file.bin"))
     assert not isinstance(raised.value, HostUnreachableError)
     assert client.get(server.url("file.bin")).status_code == 200
+
+
+def test_unreachable_proxy_counts_as_connect_failure(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = recording_client([], retries=0, timeout=(0.5, 0.5))
+    with pytest.raises(HostUnreachableError):
+        client.get("http://127.0.0.2:8/through-proxy")
+    with pytest.raises(HostUnreachableError, match="not sent"):
+        client.get("http://127.0.0.2:8/again")

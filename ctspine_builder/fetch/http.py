@@ -186,12 +186,12 @@ def _check_reachable(method: str, url: str, host: str) -> None:
 
 
 def is_connect_failure(error: Exception) -> bool:
-    """Return True when no connection was made: refused, unresolvable host or connect timeout.
+    """Return True when no connection was made: refused, unresolvable host, connect timeout or proxy down.
 
     A connection that broke after it was made (reset, read timeout) is not
     one: the host is up, and the next case may well succeed.
     """
-    if isinstance(error, requests.exceptions.ConnectTimeout):
+    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.ProxyError)):
         return True
     if not isinstance(error, requests.ConnectionError):
         return False
