@@ -24,9 +24,9 @@ DEFAULT_USER_AGENT = f"{TOOL_NAME}/{__version__}"
 
 # Hosts that refused a connection, or never accepted one, through every retry,
 # with the time.monotonic() of that failure. Requests to such a host fail at
-# once until UNREACHABLE_RECHECK_S has passed, so a build or dry run of 800
-# cases against a host that is down gives up in one retry cycle (about a
-# minute) instead of one per case (hours). The record is per process.
+# once until UNREACHABLE_RECHECK_S has passed. So a build or dry run of 800
+# cases against a host that is down gives up after one retry cycle (about a
+# minute), not one per case (hours). The record is per process.
 _unreachable_hosts: dict[str, float] = {}
 UNREACHABLE_RECHECK_S = 300.0
 
