@@ -328,9 +328,10 @@ def _build_locked(
 def lock_sha256(manifest: Manifest, options: dict) -> str | None:
     """Return the SHA-256 of the lock file in use: the ``lock`` option, else lock.json beside the manifest.
 
-    NOTE: the lock's hash is recorded in build.json but is not part of the
-    case fingerprints, so a changed lock rebuilds a case only when its source
-    reports the change through ``input_fingerprint``.
+    The hash is recorded in build.json. It is not part of the case
+    fingerprints: the tcia source's ``input_fingerprint`` carries each case's
+    locked series MD5 instead, so a lock change rebuilds only the cases whose
+    series changed.
     """
     from ctspine_builder.manifest.lock import default_lock_path
 

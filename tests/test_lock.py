@@ -205,3 +205,20 @@ def test_cli_lock_splits_twins_by_study_id(tmp_path):
         assert result.exit_code == 0, result.output
         assert server.count("getSeriesMetadata") == 1
     assert load_lock(tmp_path / "lock.json").get("CTC-0001").series_instance_uid == first.series_uid
+
+
+def test_changed_lock_changes_case_fingerprint(tmp_path, two_patients):
+    from ctspine_builder.pipeline import case_fingerprint
+
+    server, first, _ = two_patients
+    manifest = make_manifest(tmp_path, [first])
+    case = manifest.cases[0]
+    unlocked = case_fingerprint(manifest, case, make_context(tmp_path / "a", server, manifest))
+
+    save_lock(Lock("test", "1.0.0", {case.case_id: entry(case.case_id)}), tmp_path / "lock.json")
+    locked = case_fingerprint(manifest, case, make_context(tmp_path / "b", server, manifest))
+    save_lock(Lock("test", "1.0.0", {case.case_id: entry(case.case_id, series_md5="f" * 32)}), tmp_path / "lock.json")
+    relocked = case_fingerprint(manifest, case, make_context(tmp_path / "c", server, manifest))
+
+    assert len({unlocked, locked, relocked}) == 3
+    assert server.requests == []

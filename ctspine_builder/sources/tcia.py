@@ -126,6 +126,15 @@ class TciaSource:
         raise FetchError(f"source {self.record.id!r} (TCIA) has no masks", case_id=case.case_id,
                          hint="Point the case's mask at a masks source in the manifest.")
 
+    def input_fingerprint(self, case: CaseRecord, context: BuildContext, role: str) -> str:
+        """Return the locked series MD5 of the case, so that a changed lock rebuilds it.
+
+        Without a lock entry the series is resolved only when fetched, so
+        the fingerprint is "unlocked" and contacts no server.
+        """
+        locked = (self.lock(context) or Lock("", "")).get(case.case_id)
+        return f"series-md5:{locked.series_md5}" if locked is not None else "unlocked"
+
     def plan(self, case: CaseRecord, context: BuildContext) -> SourcePlan:
         """Describe the download without fetching image data (getSeries and getMD5Hierarchy only)."""
         _, chosen, expected_md5 = self._select(case, context)
