@@ -18,7 +18,10 @@ from ctspine_builder.qc import WINDOWS, run_qc
               help="CT window in HU: bone = W 1500 L 300, soft = W 400 L 40.")
 @click.option("--case", "case_ids", multiple=True, help="Draw only this case id (repeatable). Default: every case.")
 def qc(dataset_dir: Path, out_dir: Path, window: str, case_ids: tuple[str, ...]) -> None:
-    """Draw mid-sagittal and mid-coronal slices of each case with its mask overlaid.
+    """Draw a sagittal and a coronal slice of each case with its mask overlaid.
+
+    The slices pass through the mask's centre of mass (the middle of the
+    volume for a case without labels), so the spine is in view.
 
     One colour per vertebra with a legend, so a flipped or shifted mask shows
     at a glance. Open OUT/index.html for the gallery. Exits 1 when any case
