@@ -8,21 +8,12 @@ import click
 from ctspine_builder.cli.group import main
 from ctspine_builder.errors import CtspineError
 from ctspine_builder.fetch.cache import CACHE_ENV, Cache
+from ctspine_builder.sizes import format_size
 
 CACHE_DIR_OPTION = click.option(
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help=f"Cache folder (default: ${CACHE_ENV}, else the user cache folder of this platform).",
 )
-
-
-def format_size(size: int) -> str:
-    """Return a byte count in binary units, e.g. 1.5 GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 @main.group("cache")

@@ -66,7 +66,7 @@ def configure_logging(verbosity: int) -> None:
     """Send the package's log records to stderr at a level set by -v/-q.
 
     Records still propagate to the root logger, which the CLI leaves without
-    handlers, so a program or test harness that configures logging sees them.
+    handlers, so a program or test harness that configures logging receives them.
     """
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = _CurrentStderrHandler()

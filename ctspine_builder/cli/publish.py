@@ -9,7 +9,8 @@ from ctspine_builder.cli.group import main
 from ctspine_builder.publish import dry_run as plan_dry_run
 from ctspine_builder.publish import publish_release
 from ctspine_builder.publish.hub import DEFAULT_FILES_PER_COMMIT
-from ctspine_builder.publish.plan import ReleasePlan, format_size
+from ctspine_builder.publish.plan import ReleasePlan
+from ctspine_builder.sizes import format_size
 
 
 def print_plan(plan: ReleasePlan, repo_id: str) -> None:

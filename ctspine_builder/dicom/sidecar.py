@@ -64,7 +64,7 @@ _NUMBER = re.compile(r"^[-+]?\d*\.?\d+([eE][-+]?\d+)?$")
 
 # Identifier elements whose values are often all digits (a device serial
 # number, a hospital's patient or accession number). They stay in the deny
-# list even when they look like numbers; the scan matches all-digit values
+# list even when they look like numbers. The scan matches all-digit values
 # only as whole numbers, so they do not fire inside hex digests.
 NUMERIC_IDENTIFIER_KEYWORDS = frozenset({
     "DeviceSerialNumber", "PatientID", "OtherPatientIDs", "AccessionNumber",

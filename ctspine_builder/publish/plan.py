@@ -151,13 +151,3 @@ def build_plan(root: Path, version: str, notes: ReleaseNotes, gated: bool) -> Re
     sums_bytes = "".join(f"{published_sums[rel]}  {rel}\n" for rel in sorted(published_sums)).encode("utf-8")
     plan.files[SUMS_FILE] = PlannedFile(SUMS_FILE, len(sums_bytes), hashlib.sha256(sums_bytes).hexdigest(), content=sums_bytes)
     return plan
-
-
-def format_size(size: int) -> str:
-    """Return a byte count in binary units, for listings."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
